@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""allinone-basicsr: all-in-one image restoration methods as a BasicSR plugin."""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version():
+    with open(os.path.join(HERE, 'allinone_basicsr', '__init__.py')) as f:
+        return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
+
+
+setup(
+    name='allinone-basicsr',
+    version=read_version(),
+    description='All-in-one image restoration (SymUNet, SE-SymUNet, DaAIR, PromptDSANet, PromptIR) for BasicSR',
+    long_description=open(os.path.join(HERE, 'README.md')).read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['allinone_basicsr', 'allinone_basicsr.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'basicsr>=1.4.2',
+        'torch>=2.1',
+        'torchvision',
+        'mmengine',
+        'lmdb',
+        'numpy',
+        'opencv-python',
+        'open_clip_torch',
+        'pyyaml',
+        'scikit-image',  # metrics (PSNR/SSIM reference implementation) and the demo photos
+        'tqdm',
+    ],
+    extras_require={'test': ['pytest']},
+    entry_points={
+        'console_scripts': [
+            'allinone-train=allinone_basicsr.train:main',
+            'allinone-test=allinone_basicsr.test:main',
+        ]
+    },
+    license='Apache-2.0',
+)
