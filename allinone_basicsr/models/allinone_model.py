@@ -1,0 +1,276 @@
+"""AllInOneModel: BasicSR's SRModel with the all-in-one training and evaluation protocol."""
+import csv
+import os
+from collections import OrderedDict
+from copy import deepcopy
+from os import path as osp
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
+from basicsr.models import lr_scheduler as basicsr_lr_scheduler
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from .checkpoint_util import atomic_torch_save, extract_state_dict
+
+_BASICSR_SCHEDULERS = {
+    'MultiStepLR': basicsr_lr_scheduler.MultiStepRestartLR,
+    'MultiStepRestartLR': basicsr_lr_scheduler.MultiStepRestartLR,
+    'CosineAnnealingRestartLR': basicsr_lr_scheduler.CosineAnnealingRestartLR,
+}
+
+
+@MODEL_REGISTRY.register()
+class AllInOneModel(SRModel):
+    """One network for many degradations, trained and scored the way the all-in-one papers do.
+
+    On top of SRModel:
+
+    - Losses: ``train.pixel_opt`` (e.g. L1Loss), ``train.fft_opt`` (FFTLoss), and ``train.cls_opt`` (a
+      task-classification loss on the degradation logits of archs with ``has_task_logits = True``; the batch's
+      ``degradation`` labels are the targets). Their sum is minimised.
+    - ``train.optim_g.type``: any ``torch.optim`` optimizer (AdamW, ...). ``train.scheduler.type``: BasicSR's
+      MultiStepLR / MultiStepRestartLR / CosineAnnealingRestartLR or any ``torch.optim.lr_scheduler`` class
+      (stepped once per iteration).
+    - ``train.grad_clip``: max gradient norm (a number, or ``{max_norm, norm_type}``); unset = no clipping.
+    - Archs that define ``after_optimizer_step()`` get it called after every optimizer step (on the bare net).
+    - ``train.ema_decay``: BasicSR's EMA of the weights (``net_g_ema``, saved as ``params_ema``).
+    - Validation/test (``val``): metrics on the float RGB output, clamped to [0, 1] unless ``clamp: false``
+      (the official SymUNet protocol does not clamp); ``input_metrics: true`` (default) also scores the degraded
+      input, so the table shows what the network gained. Each val/test set is one row of a table (plus the
+      average), logged and written to ``metrics.csv`` / ``metrics.md`` in ``results/<name>/`` (test) or
+      ``experiments/<name>/`` (validation during training). ``pbar`` (default true) shows progress.
+    - Checkpoints and training states are written atomically (temporary file, then rename).
+    - Distributed runs without CUDA wrap the net in a CPU DistributedDataParallel (gloo).
+    """
+
+    # ------------------------------------------------------------------ setup
+    def model_to_device(self, net):
+        if self.opt['dist'] and self.device.type == 'cpu':
+            return DistributedDataParallel(
+                net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return super().model_to_device(net)
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        train_opt = self.opt['train']
+        logger = get_root_logger()
+        self.cri_fft = build_loss(train_opt['fft_opt']).to(self.device) if train_opt.get('fft_opt') else None
+        self.cri_cls = None
+        if train_opt.get('cls_opt'):
+            if getattr(self.get_bare_model(self.net_g), 'has_task_logits', False):
+                self.cri_cls = build_loss(train_opt['cls_opt']).to(self.device)
+            else:
+                logger.warning(f'train.cls_opt is ignored: arch {self.opt["network_g"]["type"]} has no task logits.')
+        grad_clip = train_opt.get('grad_clip')
+        if grad_clip is None or isinstance(grad_clip, dict):
+            self.grad_clip = grad_clip
+        else:
+            self.grad_clip = {'max_norm': float(grad_clip)}
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        optim_cls = getattr(torch.optim, optim_type, None)
+        if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
+            valid = sorted(n for n, c in vars(torch.optim).items()
+                           if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != 'Optimizer')
+            raise ValueError(f'train.optim_g.type {optim_type!r} is not a torch.optim optimizer; valid: {valid}')
+        return optim_cls(params, lr, **kwargs)
+
+    def setup_schedulers(self):
+        sched_opt = deepcopy(self.opt['train']['scheduler'])
+        sched_type = sched_opt.pop('type')
+        sched_cls = _BASICSR_SCHEDULERS.get(sched_type) or getattr(torch.optim.lr_scheduler, sched_type, None)
+        if not isinstance(sched_cls, type):
+            valid = sorted(set(_BASICSR_SCHEDULERS) | {
+                n for n, c in vars(torch.optim.lr_scheduler).items()
+                if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler) and not n.startswith('_')
+            })
+            raise ValueError(f'train.scheduler.type {sched_type!r} is unknown; valid: {valid}')
+        for optimizer in self.optimizers:
+            self.schedulers.append(sched_cls(optimizer, **sched_opt))
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """Load weights from a checkpoint in any known layout (see ``extract_state_dict``)."""
+        if not osp.isfile(load_path):
+            raise FileNotFoundError(f'path.pretrain_network_g: no such file: {load_path}')
+        ckpt = torch.load(load_path, map_location='cpu')
+        state = extract_state_dict(ckpt, param_key, load_path)
+        net = self.get_bare_model(net)
+        get_root_logger().info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}).')
+        self._print_different_keys_loading(net, state, strict)
+        net.load_state_dict(state, strict=strict)
+
+    # ------------------------------------------------------------------ training
+    def feed_data(self, data):
+        super().feed_data(data)
+        self.degradation = data['degradation'].to(self.device) if 'degradation' in data else None
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        if self.cri_cls is not None:
+            self.output, task_logits = self.net_g(self.lq, return_task_logits=True)
+        else:
+            self.output = self.net_g(self.lq)
+
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_fft:
+            loss_dict['l_fft'] = self.cri_fft(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+        if self.cri_cls is not None:
+            if self.degradation is None:
+                raise KeyError('train.cls_opt needs degradation labels: the train dataset returned no "degradation"')
+            loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
+        l_total = sum(loss_dict.values())
+        l_total.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
+        self.optimizer_g.step()
+
+        bare = self.get_bare_model(self.net_g)
+        if hasattr(bare, 'after_optimizer_step'):
+            bare.after_optimizer_step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------ saving
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = {k[7:] if k.startswith('module.') else k: v.cpu() for k, v in state.items()}
+        name = 'latest' if current_iter == -1 else current_iter
+        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+        }
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    # ------------------------------------------------------------------ validation
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_opt = dataloader.dataset.opt
+        dataset_name = dataset_opt['name']
+        val_opt = self.opt['val']
+        metrics = val_opt.get('metrics') or {}
+        clamp = val_opt.get('clamp', True)
+        if not hasattr(self, '_input_scores'):
+            self._input_scores = {}
+        score_input = val_opt.get('input_metrics', True) and dataset_name not in self._input_scores
+        if metrics:
+            self._initialize_best_metric_results(dataset_name)
+        sums = {name: 0.0 for name in metrics}
+        input_sums = {name: 0.0 for name in metrics}
+
+        pbar = tqdm(total=len(dataloader), unit='image', desc=dataset_name, leave=False,
+                    disable=not val_opt.get('pbar', True))
+        count = 0
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            output = self.output.detach().cpu()
+            if clamp:
+                output = output.clamp(0, 1)
+            gt = self.gt.detach().cpu() if hasattr(self, 'gt') else None
+            if gt is not None:
+                for name, metric_opt in metrics.items():
+                    sums[name] += calculate_metric({'img': output, 'img2': gt}, metric_opt)
+                    if score_input:
+                        input_sums[name] += calculate_metric({'img': self.lq.detach().cpu(), 'img2': gt}, metric_opt)
+                del self.gt
+            if save_img:
+                folder = (osp.join(self.opt['path']['visualization'], img_name) if self.opt['is_train'] else osp.join(
+                    self.opt['path']['visualization'], dataset_name))
+                suffix = current_iter if self.opt['is_train'] else (val_opt.get('suffix') or self.opt['name'])
+                imwrite(tensor2img([output]), osp.join(folder, f'{img_name}_{suffix}.png'))
+            del self.lq, self.output
+            count += 1
+            pbar.update(1)
+        pbar.close()
+
+        if not metrics or count == 0:
+            return
+        self.metric_results = {name: value / count for name, value in sums.items()}
+        if score_input:
+            self._input_scores[dataset_name] = {name: value / count for name, value in input_sums.items()}
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self._add_table_row(current_iter, dataset_name, dataset_opt, count)
+
+    def _add_table_row(self, current_iter, dataset_name, dataset_opt, count):
+        """Collect one row per val/test set; once every set of this round is in, log and write the table."""
+        if getattr(self, '_table_iter', None) != current_iter:
+            self._table_iter, self._table_rows = current_iter, OrderedDict()
+        row = OrderedDict(test_set=dataset_name, degradation=dataset_opt.get('degradation', ''), images=count)
+        inputs = self._input_scores.get(dataset_name, {})
+        for name, value in self.metric_results.items():
+            if name in inputs:
+                row[f'input_{name}'] = inputs[name]
+            row[name] = value
+        self._table_rows[dataset_name] = row
+        expected = [k for k in self.opt['datasets'] if k.split('_')[0] in ('val', 'test')]
+        rows = list(self._table_rows.values())
+        path = self.opt['path']['results_root'] if not self.opt['is_train'] else self.opt['path']['experiments_root']
+        write_metric_table(rows, path, self.opt['name'])
+        if len(rows) >= len(expected):
+            get_root_logger().info(f'Results of {self.opt["name"]} at {current_iter}:\n' + format_metric_table(rows))
+
+
+def _average_row(rows):
+    numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
+    avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in rows))
+    for key in numeric:
+        values = [r[key] for r in rows if key in r]
+        avg[key] = sum(values) / len(values)
+    return avg
+
+
+def format_metric_table(rows):
+    """Markdown table of per-set rows plus their average (PSNR-like values with 2 decimals, SSIM with 4)."""
+    rows = list(rows) + [_average_row(rows)]
+    columns = list(rows[0].keys())
+
+    def fmt(key, value):
+        if isinstance(value, float):
+            return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.2f}'
+        return str(value)
+
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(fmt(c, r.get(c, '')) for c in columns) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+@master_only
+def write_metric_table(rows, folder, name):
+    """Write ``metrics.csv`` (full precision, with the average row) and ``metrics.md`` into ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    all_rows = list(rows) + [_average_row(rows)]
+    with open(osp.join(folder, 'metrics.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(all_rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(all_rows)
+    with open(osp.join(folder, 'metrics.md'), 'w') as f:
+        f.write(f'# {name}\n\n{format_metric_table(rows)}\n')
