@@ -1,6 +1,7 @@
 """Shared fixtures: the official reference files in ../shared (beside the clone, as CI has it)."""
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 import allinone_basicsr  # noqa: F401  (registers everything before any test imports basicsr)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'datasets_prep'))  # the data-preparation scripts are scripts, not a package
 SHARED = Path(os.environ.get('ALLINONE_SHARED', REPO.parent / 'shared'))
 
 

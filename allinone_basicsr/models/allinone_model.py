@@ -230,6 +230,8 @@ class AllInOneModel(SRModel):
             if name in inputs:
                 row[f'input_{name}'] = inputs[name]
             row[name] = value
+            if name in inputs and 'psnr' in name.lower():
+                row[f'gain_{name}'] = value - inputs[name]
         self._table_rows[dataset_name] = row
         expected = [k for k in self.opt['datasets'] if k.split('_')[0] in ('val', 'test')]
         rows = list(self._table_rows.values())

@@ -1,0 +1,133 @@
+"""AllInOneModel's own behaviour, built in-process from option dicts on CPU."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.models import build_model
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+
+
+@ARCH_REGISTRY.register()
+class _TaskLogitsTestNet(nn.Module):
+    """A minimal arch with the two optional hooks: task logits and after_optimizer_step."""
+    has_task_logits = True
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, num_classes)
+        self.steps = 0
+
+    def forward(self, x, return_task_logits=False):
+        out = x + self.conv(x)
+        if return_task_logits:
+            return out, [self.head(x.mean((2, 3)))]
+        return out
+
+    def after_optimizer_step(self):
+        self.steps += 1
+
+
+@LOSS_REGISTRY.register()
+class _MeanCETestLoss(nn.Module):
+
+    def __init__(self, loss_weight=1.0):
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(self, logits, target):
+        return self.loss_weight * sum(F.cross_entropy(x, target) for x in logits) / len(logits)
+
+
+def make_opt(tmp_path, network, **train):
+    train_opt = {
+        'optim_g': {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-3, 'betas': [0.9, 0.999]},
+        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'restart_weights': [1], 'eta_min': 1e-7},
+        'total_iter': 10,
+        'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0},
+        'fft_opt': {'type': 'FFTLoss', 'loss_weight': 0.1},
+    }
+    train_opt.update(train)
+    return {
+        'name': 'unit', 'model_type': 'AllInOneModel', 'num_gpu': 0, 'is_train': True, 'dist': False, 'rank': 0,
+        'world_size': 1, 'network_g': network, 'train': train_opt, 'datasets': {},
+        'path': {'models': str(tmp_path), 'training_states': str(tmp_path), 'experiments_root': str(tmp_path)},
+    }
+
+
+def batch():
+    torch.manual_seed(0)
+    return {'lq': torch.rand(2, 3, 16, 16), 'gt': torch.rand(2, 3, 16, 16), 'degradation': torch.tensor([0, 2])}
+
+
+TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1], 'middle_blk_num': 1, 'dec_blk_nums': [1],
+        'restormer_heads': [1], 'restormer_middle_heads': 2}
+
+
+def test_adamw_cosine_l1_fft_and_grad_clip(tmp_path):
+    model = build_model(make_opt(tmp_path, TINY, grad_clip=0.01))
+    assert isinstance(model.optimizer_g, torch.optim.AdamW)
+    assert model.optimizer_g.param_groups[0]['weight_decay'] == 1e-3
+    before = [p.detach().clone() for p in model.net_g.parameters()]
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    assert set(model.log_dict) == {'l_pix', 'l_fft'}
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.net_g.parameters()))
+    assert norm.item() == pytest.approx(0.01, rel=1e-3)  # clipped to max_norm
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
+
+
+def test_task_logits_loss_and_step_hook(tmp_path):
+    opt = make_opt(tmp_path, {'type': '_TaskLogitsTestNet'}, cls_opt={'type': '_MeanCETestLoss', 'loss_weight': 0.5})
+    model = build_model(opt)
+    data = batch()
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    model.optimize_parameters(2)
+    assert set(model.log_dict) == {'l_pix', 'l_fft', 'l_cls'}
+    assert model.net_g.steps == 2
+    model.test()
+    assert model.output.shape == data['lq'].shape  # inference returns the image alone
+
+
+def test_cls_opt_on_an_arch_without_task_logits_is_ignored(tmp_path):
+    model = build_model(make_opt(tmp_path, TINY, cls_opt={'type': '_MeanCETestLoss'}))
+    assert model.cri_cls is None
+
+
+def test_unknown_optimizer_and_scheduler_list_valid_names(tmp_path):
+    with pytest.raises(ValueError, match="'Adamw'.*AdamW"):
+        build_model(make_opt(tmp_path, TINY, optim_g={'type': 'Adamw', 'lr': 1e-3}))
+    with pytest.raises(ValueError, match="'Cosine'.*CosineAnnealingLR"):
+        build_model(make_opt(tmp_path, TINY, scheduler={'type': 'Cosine'}))
+
+
+def test_any_torch_scheduler_by_name(tmp_path):
+    model = build_model(make_opt(tmp_path, TINY, scheduler={'type': 'CosineAnnealingLR', 'T_max': 4, 'eta_min': 0}))
+    for it in range(1, 6):
+        model.update_learning_rate(it)
+    assert model.get_current_learning_rate()[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_ema_and_checkpoint_round_trip(tmp_path):
+    model = build_model(make_opt(tmp_path, TINY, ema_decay=0.9))
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    model.save(epoch=0, current_iter=1)
+    ckpt = torch.load(tmp_path / 'net_g_1.pth')
+    assert set(ckpt) == {'params', 'params_ema'}
+    assert (tmp_path / '1.state').is_file()
+    loaded = build_model(dict(make_opt(tmp_path, TINY), is_train=False,
+                              path={'pretrain_network_g': str(tmp_path / 'net_g_1.pth'), 'param_key_g': 'params_ema'}))
+    for k, v in model.net_g_ema.state_dict().items():
+        assert torch.equal(loaded.net_g.state_dict()[k], v)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='pretrain_network_g.*missing.pth'):
+        build_model(dict(make_opt(tmp_path, TINY), is_train=False,
+                         path={'pretrain_network_g': str(tmp_path / 'missing.pth')}))
+    torch.save({'epoch': 3, 'weights_here': {'x': 1}}, tmp_path / 'odd.pth')
+    with pytest.raises(ValueError, match=r"top-level keys: \['epoch', 'weights_here'\]"):
+        build_model(dict(make_opt(tmp_path, TINY), is_train=False, path={'pretrain_network_g': str(tmp_path / 'odd.pth')}))
