@@ -1,0 +1,399 @@
+"""All-in-one restoration datasets: a multi-task training set and a one-task val/test set.
+
+Sources: a path ending in ``.lmdb`` is an LMDB made by BasicSR's ``make_lmdb_from_imgs`` (keys from its
+``meta_info.txt``, read through ``FileClient('lmdb')``); any other path is a folder of image files (key = file
+stem). LQ and GT are paired by key. A task with ``noise_sigma`` and no ``dataroot_lq`` makes its LQ by adding
+Gaussian noise to the GT (``degradations.add_gaussian_noise``): on the fly from numpy's global RNG for training
+(BasicSR seeds it per worker), from ``noise_rng(key, sigma)`` for val/test (identical in every run).
+
+Images are handled as uint8 RGB until the end and returned as float32 RGB CHW tensors in [0, 1].
+"""
+import bisect
+import copy
+import os
+from os import path as osp
+
+import cv2
+import numpy as np
+from torch.utils import data as data
+
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
+
+from .degradations import add_gaussian_noise, noise_rng
+
+DEFAULT_DEGRADATION_CLASSES = ('noise', 'rain', 'haze', 'blur', 'lowlight')
+IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def _where(opt, phase):
+    """Prefix of error messages: which dataset of the option file the problem is in."""
+    return f"datasets.{opt.get('phase', phase)} (name '{opt.get('name', '?')}')"
+
+
+def _read_meta_info(meta_file, where):
+    """First token of every non-empty line of a meta_info file."""
+    if not osp.isfile(meta_file):
+        raise FileNotFoundError(f'{where}: not found: {meta_file}')
+    with open(meta_file) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def list_source(root, where, meta_info_file=None):
+    """List the images of one data source.
+
+    Args:
+        root (str): LMDB folder (name ends in ``.lmdb``) or image folder.
+        where (str): Option name for error messages, e.g. ``"datasets.train (name 'x'): tasks[0].dataroot_gt"``.
+        meta_info_file (str | None): Optional list of the images to use (first token per line: an LMDB key or file
+            name, with or without extension). Default for LMDB: ``<root>/meta_info.txt``; for folders: all images.
+
+    Returns:
+        tuple[bool, dict]: (is_lmdb, {key: LMDB key or file path}), keys sorted.
+    """
+    root = str(root)
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'{where}: not found: {root}')
+    is_lmdb = root.rstrip('/\\').endswith('.lmdb')
+    entries = {}
+    if is_lmdb:
+        meta = meta_info_file or osp.join(root, 'meta_info.txt')
+        for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
+            entries[osp.splitext(name)[0]] = osp.splitext(name)[0]
+    elif meta_info_file:
+        files = {osp.splitext(v)[0]: v for v in os.listdir(root)}
+        for name in _read_meta_info(meta_info_file, f'{where}: meta_info_file'):
+            file = name if osp.isfile(osp.join(root, name)) else files.get(name)
+            if file is None:
+                raise FileNotFoundError(f'{where}: {name!r} listed in {meta_info_file} is not in {root}')
+            entries[osp.splitext(file)[0]] = osp.join(root, file)
+    else:
+        for file in sorted(os.listdir(root)):
+            key, ext = osp.splitext(file)
+            if ext.lower() not in IMG_EXTENSIONS:
+                continue
+            if key in entries:
+                raise ValueError(f'{where}: two images with the key {key!r} in {root}')
+            entries[key] = osp.join(root, file)
+    if not entries:
+        raise ValueError(f'{where}: no images in {root}')
+    return is_lmdb, dict(sorted(entries.items()))
+
+
+def pair_sources(lq, gt, where_lq, where_gt):
+    """Check that two {key: path} listings hold the same keys; name the first key missing on either side."""
+    for key in lq:
+        if key not in gt:
+            raise ValueError(f'{where_lq}: key {key!r} has no GT image in {where_gt}')
+    for key in gt:
+        if key not in lq:
+            raise ValueError(f'{where_gt}: key {key!r} has no LQ image in {where_lq}')
+
+
+def decode_image(content, name):
+    """Bytes -> HxWx3 uint8 RGB (grey -> 3 channels, alpha dropped, 16-bit scaled to 8-bit); errors name the image."""
+    if content is None:
+        raise KeyError(f'image {name} not found')
+    try:
+        img = imfrombytes(content, flag='color', float32=False)
+    except cv2.error as err:
+        raise ValueError(f'cannot decode image {name}: {err}') from None
+    if img is None:
+        raise ValueError(f'cannot decode image {name} ({len(content)} bytes)')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def center_crop_to_multiple(img, base):
+    """Centre crop H and W down to multiples of ``base`` (the official BSD68 / PromptIR ``crop_img``)."""
+    h, w = img.shape[:2]
+    ch, cw = h % base, w % base
+    return img[ch // 2:h - ch + ch // 2, cw // 2:w - cw + cw // 2, ...]
+
+
+def to_tensor(img):
+    """HxWx3 uint8 RGB -> 3xHxW float32 tensor in [0, 1]."""
+    return img2tensor(np.ascontiguousarray(img).astype(np.float32) / 255., bgr2rgb=False, float32=True)
+
+
+def _sigma_suffix(sigma):
+    return f'_sigma{float(sigma):g}'
+
+
+def _noisy_name(path, sigma):
+    """``/a/b.png`` -> ``/a/b_sigma25.png``; LMDB key ``b`` -> ``b_sigma25`` (basename stays unique per image)."""
+    root, ext = osp.splitext(path)
+    if ext.lower() not in IMG_EXTENSIONS:
+        root, ext = path, ''
+    return f'{root}{_sigma_suffix(sigma)}{ext}'
+
+
+class _SourceReader:
+    """Reads images from several LMDBs / folders; FileClients are created lazily (in each worker)."""
+
+    def __init__(self):
+        self.lmdb_paths = []  # client key of an LMDB = 'db<index>'
+        self.file_client = None
+        self.lmdb_client = None
+
+    def register(self, root, is_lmdb):
+        """Returns the client key for an LMDB root (shared by equal paths), None for a folder."""
+        if not is_lmdb:
+            return None
+        root = osp.realpath(str(root))
+        if root not in self.lmdb_paths:
+            self.lmdb_paths.append(root)
+        return f'db{self.lmdb_paths.index(root)}'
+
+    def read(self, path, client_key):
+        """Returns the image at ``path`` (LMDB key if ``client_key`` is set, else file path) as uint8 RGB."""
+        if client_key is None:
+            if self.file_client is None:
+                self.file_client = FileClient('disk')
+            try:
+                content = self.file_client.get(path)
+            except FileNotFoundError:
+                raise FileNotFoundError(f'image file not found: {path}') from None
+            return decode_image(content, path)
+        if self.lmdb_client is None:
+            self.lmdb_client = FileClient('lmdb', db_paths=list(self.lmdb_paths),
+                                          client_keys=[f'db{i}' for i in range(len(self.lmdb_paths))])
+        db_path = self.lmdb_paths[int(client_key[2:])]
+        content = self.lmdb_client.get(path, client_key)
+        if content is None:
+            raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {db_path}')
+        return decode_image(content, f'{path!r} of LMDB {db_path}')
+
+    def __getstate__(self):  # never pickle open clients into workers
+        state = self.__dict__.copy()
+        state['file_client'] = state['lmdb_client'] = None
+        return state
+
+
+def _degradation_index(where, degradation, classes):
+    """Class index of ``degradation``; ``where`` names the option, e.g. ``"datasets.train (...): tasks[0]"``."""
+    if degradation is None:
+        raise ValueError(f'{where}: degradation: missing, expected one of degradation_classes {list(classes)}')
+    if degradation not in classes:
+        raise ValueError(f'{where}: degradation {degradation!r} is not one of degradation_classes {list(classes)}')
+    return list(classes).index(degradation)
+
+
+def _check_sigma(where, sigma):
+    """``where`` names the option, e.g. ``"datasets.train (...): tasks[0].noise_sigma"``."""
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f'{where}: expected a number, got {sigma!r}') from None
+    if sigma < 0:
+        raise ValueError(f'{where}: must be >= 0, got {sigma}')
+    return sigma
+
+
+@DATASET_REGISTRY.register()
+class MixedDegradationDataset(data.Dataset):
+    """Training set mixing several restoration tasks (e.g. denoise σ15/25/50, derain, dehaze).
+
+    Each task is a GT source plus either an LQ source (pairs matched by key) or a noise level (the LQ is the GT plus
+    Gaussian noise, added on the fly after cropping). Every task's samples appear ``repeat`` times in the index.
+    A sample is randomly cropped to ``gt_size`` and flipped / rotated (same transform for LQ and GT).
+
+    Args:
+        opt (dict): Config for train datasets (it is not modified). It contains the following keys:
+            name (str): Dataset name (used in error messages).
+            degradation_classes (list[str]): Degradation classes; the class index of a task is the position of its
+                ``degradation`` here. Default: ['noise', 'rain', 'haze', 'blur', 'lowlight'].
+            tasks (list[dict]): One dict per task with keys:
+                name (str): Task name, returned as ``task``. Default: ``task<i>``.
+                degradation (str): Degradation class name (required).
+                dataroot_gt (str): GT source, LMDB (``*.lmdb``) or image folder (required).
+                dataroot_lq (str): LQ source with the same keys. Give this or ``noise_sigma``.
+                noise_sigma (float): Gaussian noise σ (0-255 scale) added to the GT to make the LQ.
+                repeat (int): How many times the task's images appear in the index. Default: 1.
+                meta_info_file (str): Optional list of images (first token per line) for both sources.
+                    Default: the LMDB's meta_info.txt, or every image of the folder.
+            gt_size (int): Size of the square training patches. Default: 128.
+            use_hflip (bool): Random horizontal flips. Default: True.
+            use_rot (bool): Random vertical flips and transposes (rot90). Default: True.
+            phase (str): Set by BasicSR ('train'); only used in error messages.
+
+    Returns (per item):
+        dict: ``lq``, ``gt`` (3xgt_sizexgt_size float32 RGB in [0, 1]), ``lq_path``, ``gt_path`` (LMDB key or file
+        path; for noise tasks ``lq_path`` is the GT's with a ``_sigma<σ>`` suffix), ``degradation`` (int class
+        index), ``task`` (task name).
+    """
+
+    def __init__(self, opt):
+        super(MixedDegradationDataset, self).__init__()
+        self.opt = copy.deepcopy(opt)
+        where = _where(opt, 'train')
+        self.degradation_classes = list(opt.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
+        self.gt_size = int(opt.get('gt_size', 128))
+        self.use_hflip = bool(opt.get('use_hflip', True))
+        self.use_rot = bool(opt.get('use_rot', True))
+        tasks = opt.get('tasks')
+        if not tasks or not isinstance(tasks, (list, tuple)):
+            raise ValueError(f'{where}: tasks: expected a non-empty list of task dicts, got {tasks!r}')
+
+        self.reader = _SourceReader()
+        self.tasks = []  # dicts: name, degradation (index), sigma, keys, gt {key: path}, lq {key: path} or None
+        self.offsets = []  # first global index of each task
+        total = 0
+        for i, task in enumerate(tasks):
+            tw = f'{where}: tasks[{i}]'
+            if not isinstance(task, dict):
+                raise ValueError(f'{tw}: expected a dict, got {task!r}')
+            name = str(task.get('name', f'task{i}'))
+            label = _degradation_index(tw, task.get('degradation'), self.degradation_classes)
+            if not task.get('dataroot_gt'):
+                raise ValueError(f'{tw}.dataroot_gt: missing')
+            has_lq, has_sigma = bool(task.get('dataroot_lq')), task.get('noise_sigma') is not None
+            if has_lq == has_sigma:
+                raise ValueError(f'{tw} ({name}): give either dataroot_lq or noise_sigma (exactly one)')
+            repeat = task.get('repeat', 1)
+            if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+                raise ValueError(f'{tw}.repeat: expected an integer >= 1, got {repeat!r}')
+            meta = task.get('meta_info_file')
+            gt_lmdb, gt = list_source(task['dataroot_gt'], f'{tw}.dataroot_gt', meta)
+            entry = dict(name=name, degradation=label, sigma=None, gt=gt, lq=None, repeat=repeat,
+                         gt_client=self.reader.register(task['dataroot_gt'], gt_lmdb), lq_client=None)
+            if has_lq:
+                lq_lmdb, lq = list_source(task['dataroot_lq'], f'{tw}.dataroot_lq', meta)
+                pair_sources(lq, gt, f'{tw}.dataroot_lq ({task["dataroot_lq"]})',
+                             f'{tw}.dataroot_gt ({task["dataroot_gt"]})')
+                entry.update(lq=lq, lq_client=self.reader.register(task['dataroot_lq'], lq_lmdb))
+            else:
+                entry['sigma'] = _check_sigma(f'{tw}.noise_sigma', task['noise_sigma'])
+            entry['keys'] = list(gt)
+            self.tasks.append(entry)
+            self.offsets.append(total)
+            total += len(gt) * repeat
+        self.length = total
+
+    def __len__(self):
+        return self.length
+
+    def locate(self, index):
+        """Global index -> (task dict, image key)."""
+        if not 0 <= index < self.length:
+            raise IndexError(f'index {index} out of range for {self.length} samples')
+        t = bisect.bisect_right(self.offsets, index) - 1
+        task = self.tasks[t]
+        return task, task['keys'][(index - self.offsets[t]) % len(task['keys'])]
+
+    def __getitem__(self, index):
+        task, key = self.locate(index)
+        gt_path = task['gt'][key]
+        img_gt = self.reader.read(gt_path, task['gt_client'])
+        if task['lq'] is not None:
+            lq_path = task['lq'][key]
+            img_lq = self.reader.read(lq_path, task['lq_client'])
+            if img_lq.shape != img_gt.shape:
+                raise ValueError(f'LQ {lq_path} {img_lq.shape[:2]} and GT {gt_path} {img_gt.shape[:2]} differ in size '
+                                 f"(task '{task['name']}')")
+        else:
+            lq_path, img_lq = _noisy_name(gt_path, task['sigma']), img_gt
+
+        h, w = img_gt.shape[:2]
+        if h < self.gt_size or w < self.gt_size:
+            raise ValueError(f'image {gt_path} ({h}x{w}) is smaller than gt_size {self.gt_size} '
+                             f"(task '{task['name']}'): remove it or lower gt_size")
+        img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.gt_size, 1, gt_path)
+        img_gt, img_lq = np.ascontiguousarray(img_gt), np.ascontiguousarray(img_lq)
+        if task['sigma'] is not None:
+            img_lq = add_gaussian_noise(img_gt, task['sigma'])  # global RNG: BasicSR seeds it per worker
+        img_gt, img_lq = augment([img_gt, img_lq], self.use_hflip, self.use_rot)
+
+        return {
+            'lq': to_tensor(img_lq),
+            'gt': to_tensor(img_gt),
+            'lq_path': lq_path,
+            'gt_path': gt_path,
+            'degradation': task['degradation'],
+            'task': task['name'],
+        }
+
+
+@DATASET_REGISTRY.register()
+class AllInOneTestDataset(data.Dataset):
+    """Validation / test set of one task, deterministic: the same LQ images in every run, process and method.
+
+    Args:
+        opt (dict): Config for val/test datasets (it is not modified). It contains the following keys:
+            name (str): Dataset name.
+            degradation (str): Degradation class name (required).
+            degradation_classes (list[str]): As in ``MixedDegradationDataset``.
+                Default: ['noise', 'rain', 'haze', 'blur', 'lowlight'].
+            task (str): Task name returned as ``task``. Default: ``name``.
+            dataroot_gt (str): GT source, LMDB (``*.lmdb``) or image folder (required).
+            dataroot_lq (str): LQ source with the same keys. Give this or ``noise_sigma``.
+            noise_sigma (float): Gaussian noise σ (0-255 scale); the noise comes from ``noise_rng(key, σ)``.
+            meta_info_file (str): Optional list of images (first token per line). Default: all.
+            crop_to_multiple (int | None): Centre crop GT and LQ to multiples of this, before adding noise (the
+                official BSD68 protocol uses 16). Default: None (no crop).
+            phase (str): Set by BasicSR; only used in error messages.
+
+    Returns (per item):
+        dict: ``lq``, ``gt`` (3xHxW float32 RGB in [0, 1]), ``lq_path``, ``gt_path`` (LMDB key or file path; for
+        noise ``lq_path`` gets a ``_sigma<σ>`` suffix, so its basename is unique per image), ``degradation`` (int
+        class index), ``task``. Items are sorted by key.
+    """
+
+    def __init__(self, opt):
+        super(AllInOneTestDataset, self).__init__()
+        self.opt = copy.deepcopy(opt)
+        where = _where(opt, 'val')
+        self.degradation_classes = list(opt.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
+        self.label = _degradation_index(where, opt.get('degradation'), self.degradation_classes)
+        self.task = str(opt.get('task', opt.get('name', 'test')))
+        crop = opt.get('crop_to_multiple')
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+            raise ValueError(f'{where}: crop_to_multiple: expected a positive integer or null, got {crop!r}')
+        self.crop_to_multiple = crop
+        if not opt.get('dataroot_gt'):
+            raise ValueError(f'{where}: dataroot_gt: missing')
+        has_lq, has_sigma = bool(opt.get('dataroot_lq')), opt.get('noise_sigma') is not None
+        if has_lq == has_sigma:
+            raise ValueError(f'{where}: give either dataroot_lq or noise_sigma (exactly one)')
+        meta = opt.get('meta_info_file')
+        self.reader = _SourceReader()
+        gt_lmdb, self.gt = list_source(opt['dataroot_gt'], f'{where}: dataroot_gt', meta)
+        self.gt_client = self.reader.register(opt['dataroot_gt'], gt_lmdb)
+        self.lq, self.lq_client, self.sigma = None, None, None
+        if has_lq:
+            lq_lmdb, self.lq = list_source(opt['dataroot_lq'], f'{where}: dataroot_lq', meta)
+            pair_sources(self.lq, self.gt, f'{where}: dataroot_lq ({opt["dataroot_lq"]})',
+                         f'{where}: dataroot_gt ({opt["dataroot_gt"]})')
+            self.lq_client = self.reader.register(opt['dataroot_lq'], lq_lmdb)
+        else:
+            self.sigma = _check_sigma(f'{where}: noise_sigma', opt['noise_sigma'])
+        self.keys = list(self.gt)
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        key = self.keys[index]
+        gt_path = self.gt[key]
+        img_gt = self.reader.read(gt_path, self.gt_client)
+        if self.lq is not None:
+            lq_path = self.lq[key]
+            img_lq = self.reader.read(lq_path, self.lq_client)
+            if img_lq.shape != img_gt.shape:
+                raise ValueError(f'LQ {lq_path} {img_lq.shape[:2]} and GT {gt_path} {img_gt.shape[:2]} differ in size '
+                                 f"(dataset '{self.opt.get('name')}')")
+        if self.crop_to_multiple:
+            img_gt = center_crop_to_multiple(img_gt, self.crop_to_multiple)
+            if self.lq is not None:
+                img_lq = center_crop_to_multiple(img_lq, self.crop_to_multiple)
+        if self.lq is None:
+            lq_path = _noisy_name(gt_path, self.sigma)
+            img_lq = add_gaussian_noise(img_gt, self.sigma, noise_rng(key, self.sigma))
+        return {
+            'lq': to_tensor(img_lq),
+            'gt': to_tensor(img_gt),
+            'lq_path': lq_path,
+            'gt_path': gt_path,
+            'degradation': self.label,
+            'task': self.task,
+        }
