@@ -40,7 +40,7 @@ def train_opt(total_iter):
         opt = yaml.safe_load(f)
     opt['name'] = 'pipeline_test'
     opt['network_g'] = dict(TINY_NET)
-    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
+    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0, persistent_workers=False)
     opt['datasets'] = {k: v for k, v in opt['datasets'].items() if k in ('train', 'val_noise25', 'val_rain')}
     opt['train']['total_iter'] = total_iter
     opt['train']['scheduler']['periods'] = [6]
