@@ -248,6 +248,20 @@ def test_lazy_clients_pickle_and_workers(tmp_path):
     assert ds.reader.lmdb_client is None
 
 
+def test_forked_workers_after_the_parent_opened_the_same_lmdb(data):
+    """BasicSR's case: validation opened the LMDB in the main process, then the next epoch forks new workers
+    reading the same LMDB (lmdb refuses a second open in one process; the shared environment is reused)."""
+    val = AllInOneTestDataset(_test_opt(data))
+    expected = val[0]['gt']
+    train = MixedDegradationDataset(_train_opt(data))
+    ctx = torch.multiprocessing.get_context('fork')
+    loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=2, multiprocessing_context=ctx)
+    for epoch in range(2):
+        batches = list(loader)
+        assert sum(len(b['gt']) for b in batches) == len(train)
+    assert torch.equal(val[0]['gt'], expected)
+
+
 # ---------------------------------------------------------------- errors
 
 
