@@ -16,7 +16,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from .checkpoint_util import atomic_torch_save, extract_state_dict
+from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
 
 _BASICSR_SCHEDULERS = {
     'MultiStepLR': basicsr_lr_scheduler.MultiStepRestartLR,
@@ -95,13 +95,13 @@ class AllInOneModel(SRModel):
             self.schedulers.append(sched_cls(optimizer, **sched_opt))
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """Load weights from a checkpoint in any known layout (see ``extract_state_dict``)."""
+        """Load weights from a checkpoint in any known layout: BasicSR, Lightning (official PromptIR), bare."""
         if not osp.isfile(load_path):
             raise FileNotFoundError(f'path.pretrain_network_g: no such file: {load_path}')
-        ckpt = torch.load(load_path, map_location='cpu')
-        state = extract_state_dict(ckpt, param_key, load_path)
+        logger = get_root_logger()
+        state = extract_state_dict(load_checkpoint(load_path, logger), param_key, load_path)
         net = self.get_bare_model(net)
-        get_root_logger().info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}).')
+        logger.info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}).')
         self._print_different_keys_loading(net, state, strict)
         net.load_state_dict(state, strict=strict)
 

@@ -1,0 +1,168 @@
+"""PromptIR: a 4-level Restormer whose decoder is conditioned by learned prompts (Potlapalli et al., NeurIPS 2023).
+
+Faithful to the official ``net/model.py`` (va1shn9v/PromptIR): same constructor keywords, same state-dict keys
+(including six 1×1 convs the official forward never uses, so official checkpoints load with ``strict=True``), same
+outputs (checked against ``shared/reference/promptir_tiny_reference.pt``).
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from .arch_util import check_arch_options
+from .restormer_blocks import (Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_to, pad_to_multiple,
+                               transformer_stage)
+
+
+class PromptGenBlock(nn.Module):
+    """Prompt generation: a softmax-weighted sum of ``prompt_len`` learned prompts, the weights predicted from the
+    global average of the feature map; resized (bilinear) to the feature size and passed through a 3×3 conv.
+
+    Args:
+        prompt_dim (int): Channels of each prompt.
+        prompt_len (int): Number of prompt components.
+        prompt_size (int): Spatial size of the learned prompts.
+        lin_dim (int): Channels of the conditioning feature map.
+    """
+
+    def __init__(self, prompt_dim=128, prompt_len=5, prompt_size=96, lin_dim=192):
+        super().__init__()
+        self.prompt_param = nn.Parameter(torch.rand(1, prompt_len, prompt_dim, prompt_size, prompt_size))
+        self.linear_layer = nn.Linear(lin_dim, prompt_len)
+        self.conv3x3 = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x):
+        weights = F.softmax(self.linear_layer(x.mean(dim=(-2, -1))), dim=1)  # (B, prompt_len)
+        prompt = torch.einsum('bl,lchw->bchw', weights, self.prompt_param[0])
+        prompt = F.interpolate(prompt, x.shape[-2:], mode='bilinear')
+        return self.conv3x3(prompt)
+
+
+@ARCH_REGISTRY.register()
+@check_arch_options
+class PromptIR(nn.Module):
+    """PromptIR (official layout; ``dim`` 48 and the default prompt sizes give the paper model, 35.59M params).
+
+    Encoder: 3×3 embedding, three Restormer levels with Downsample (dim, 2·dim, 4·dim), latent at 8·dim. Decoder:
+    at the latent and after decoder levels 3 and 2, a PromptGenBlock conditioned on the features generates a
+    prompt that is concatenated, mixed by a transformer block and reduced by a 1×1 conv; Upsample + concatenated
+    skip (+ 1×1 reduction at levels 3, 2); refinement blocks at 2·dim; 3×3 output conv; global residual.
+
+    The official model needs H, W to be multiples of 8. This one reflect-pads the input to a multiple of 8 and
+    crops the output back, so any size works (identical outputs for multiples of 8).
+
+    Args:
+        inp_channels (int): Input channels. Default: 3.
+        out_channels (int): Output channels. Default: 3.
+        dim (int): Channels of level 1. Default: 48.
+        num_blocks (list[int]): Blocks of encoder/decoder levels 1-3 and of the latent. Default: [4, 6, 6, 8].
+        num_refinement_blocks (int): Refinement blocks. Default: 4.
+        heads (list[int]): Attention heads of levels 1-3 and the latent. Default: [1, 2, 4, 8].
+        ffn_expansion_factor (float): GDFN expansion. Default: 2.66.
+        bias (bool): Bias in the convolutions. Default: False.
+        LayerNorm_type (str): 'WithBias' or 'BiasFree'. Default: 'WithBias'.
+        decoder (bool): Prompt blocks in the decoder. Must be True: with False the official forward fails (the
+            8·dim latent meets an Upsample built for 4·dim), so this raises a ValueError. Default: True.
+        prompt_dims (list[int]): Prompt channels at decoder levels 1, 2 and the latent. Default: [64, 128, 320]
+            (official, hard-coded there).
+        prompt_sizes (list[int]): Spatial size of the learned prompts, same order. Default: [64, 32, 16].
+        prompt_len (int): Prompt components per block. Default: 5.
+    """
+
+    def __init__(self,
+                 inp_channels=3,
+                 out_channels=3,
+                 dim=48,
+                 num_blocks=(4, 6, 6, 8),
+                 num_refinement_blocks=4,
+                 heads=(1, 2, 4, 8),
+                 ffn_expansion_factor=2.66,
+                 bias=False,
+                 LayerNorm_type='WithBias',
+                 decoder=True,
+                 prompt_dims=(64, 128, 320),
+                 prompt_sizes=(64, 32, 16),
+                 prompt_len=5):
+        super().__init__()
+        if not decoder:
+            raise ValueError('PromptIR(decoder=False) is not supported: the official forward fails without the prompt '
+                             'blocks (the 8*dim latent meets an Upsample built for 4*dim). Use decoder: true.')
+        if len(num_blocks) != 4 or len(heads) != 4 or len(prompt_dims) != 3 or len(prompt_sizes) != 3:
+            raise ValueError('PromptIR: num_blocks and heads need 4 entries, prompt_dims and prompt_sizes 3')
+        self.decoder = decoder
+        p1, p2, p3 = prompt_dims
+        c1, c2, c3, c4 = dim, dim * 2, dim * 4, dim * 8
+
+        def stage(num, channels, num_heads):
+            return transformer_stage(num, channels, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
+
+        def block(channels, num_heads):
+            return TransformerBlock(channels, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
+
+        def conv1x1(cin, cout):
+            return nn.Conv2d(cin, cout, kernel_size=1, bias=bias)
+
+        self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
+        self.prompt1 = PromptGenBlock(p1, prompt_len, prompt_sizes[0], lin_dim=c2)
+        self.prompt2 = PromptGenBlock(p2, prompt_len, prompt_sizes[1], lin_dim=c3)
+        self.prompt3 = PromptGenBlock(p3, prompt_len, prompt_sizes[2], lin_dim=c4)
+        # In the official state dict but never used by its forward (kept so official checkpoints load strictly).
+        self.chnl_reduce1 = conv1x1(p1, p1)
+        self.chnl_reduce2 = conv1x1(p2, p2)
+        self.chnl_reduce3 = conv1x1(p3, p3 * 4 // 5)
+        self.reduce_noise_channel_1 = conv1x1(c1 + p1, c1)
+        self.reduce_noise_channel_2 = conv1x1(c2 + p2, c2)
+        self.reduce_noise_channel_3 = conv1x1(c3 + p3 * 4 // 5, c3)
+
+        self.encoder_level1 = stage(num_blocks[0], c1, heads[0])
+        self.down1_2 = Downsample(c1)
+        self.encoder_level2 = stage(num_blocks[1], c2, heads[1])
+        self.down2_3 = Downsample(c2)
+        self.encoder_level3 = stage(num_blocks[2], c3, heads[2])
+        self.down3_4 = Downsample(c3)
+        self.latent = stage(num_blocks[3], c4, heads[3])
+
+        # prompt interaction blocks all use heads[2], as the official code
+        self.noise_level3 = block(c4 + p3, heads[2])
+        self.reduce_noise_level3 = conv1x1(c4 + p3, c3)
+        self.up4_3 = Upsample(c3)
+        self.reduce_chan_level3 = conv1x1(c2 + c3, c3)
+        self.decoder_level3 = stage(num_blocks[2], c3, heads[2])
+
+        self.noise_level2 = block(c3 + p2, heads[2])
+        self.reduce_noise_level2 = conv1x1(c3 + p2, c3)
+        self.up3_2 = Upsample(c3)
+        self.reduce_chan_level2 = conv1x1(c2 + c2, c2)
+        self.decoder_level2 = stage(num_blocks[1], c2, heads[1])
+
+        self.noise_level1 = block(c2 + p1, heads[2])
+        self.reduce_noise_level1 = conv1x1(c2 + p1, c2)
+        self.up2_1 = Upsample(c2)
+        self.decoder_level1 = stage(num_blocks[0], c2, heads[0])
+        self.refinement = stage(num_refinement_blocks, c2, heads[0])
+        self.output = nn.Conv2d(c2, out_channels, kernel_size=3, padding=1, bias=bias)
+
+    def _prompt(self, x, gen, block, reduce):
+        """Prompt generation + interaction at one decoder level."""
+        return reduce(block(torch.cat([x, gen(x)], 1)))
+
+    def forward(self, inp_img):
+        h, w = inp_img.shape[-2:]
+        inp = pad_to_multiple(inp_img, 8)
+        enc1 = self.encoder_level1(self.patch_embed(inp))
+        enc2 = self.encoder_level2(self.down1_2(enc1))
+        enc3 = self.encoder_level3(self.down2_3(enc2))
+        latent = self.latent(self.down3_4(enc3))
+
+        x = self._prompt(latent, self.prompt3, self.noise_level3, self.reduce_noise_level3)
+        x = self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1))
+        x = self.decoder_level3(x)
+
+        x = self._prompt(x, self.prompt2, self.noise_level2, self.reduce_noise_level2)
+        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1))
+        x = self.decoder_level2(x)
+
+        x = self._prompt(x, self.prompt1, self.noise_level1, self.reduce_noise_level1)
+        x = self.decoder_level1(torch.cat([self.up2_1(x), enc1], 1))
+        x = self.output(self.refinement(x)) + inp
+        return crop_to(x, h, w)
