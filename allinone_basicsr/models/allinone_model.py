@@ -17,11 +17,13 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
+from .lr_scheduler import SCHEDULERS as _OUR_SCHEDULERS
 
-_BASICSR_SCHEDULERS = {
+_SCHEDULERS = {
     'MultiStepLR': basicsr_lr_scheduler.MultiStepRestartLR,
     'MultiStepRestartLR': basicsr_lr_scheduler.MultiStepRestartLR,
     'CosineAnnealingRestartLR': basicsr_lr_scheduler.CosineAnnealingRestartLR,
+    **_OUR_SCHEDULERS,
 }
 
 
@@ -35,8 +37,8 @@ class AllInOneModel(SRModel):
       task-classification loss on the degradation logits of archs with ``has_task_logits = True``; the batch's
       ``degradation`` labels are the targets). Their sum is minimised.
     - ``train.optim_g.type``: any ``torch.optim`` optimizer (AdamW, ...). ``train.scheduler.type``: BasicSR's
-      MultiStepLR / MultiStepRestartLR / CosineAnnealingRestartLR or any ``torch.optim.lr_scheduler`` class
-      (stepped once per iteration).
+      MultiStepLR / MultiStepRestartLR / CosineAnnealingRestartLR, ours (``LinearWarmupCosineLR``) or any
+      ``torch.optim.lr_scheduler`` class (stepped once per iteration).
     - ``train.grad_clip``: max gradient norm (a number, or ``{max_norm, norm_type}``); unset = no clipping.
     - Archs that define ``after_optimizer_step()`` get it called after every optimizer step (on the bare net).
     - ``train.ema_decay``: BasicSR's EMA of the weights (``net_g_ema``, saved as ``params_ema``).
@@ -84,9 +86,9 @@ class AllInOneModel(SRModel):
     def setup_schedulers(self):
         sched_opt = deepcopy(self.opt['train']['scheduler'])
         sched_type = sched_opt.pop('type')
-        sched_cls = _BASICSR_SCHEDULERS.get(sched_type) or getattr(torch.optim.lr_scheduler, sched_type, None)
+        sched_cls = _SCHEDULERS.get(sched_type) or getattr(torch.optim.lr_scheduler, sched_type, None)
         if not isinstance(sched_cls, type):
-            valid = sorted(set(_BASICSR_SCHEDULERS) | {
+            valid = sorted(set(_SCHEDULERS) | {
                 n for n, c in vars(torch.optim.lr_scheduler).items()
                 if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler) and not n.startswith('_')
             })

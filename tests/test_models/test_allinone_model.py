@@ -1,4 +1,6 @@
 """AllInOneModel's own behaviour, built in-process from option dicts on CPU."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,20 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save({'epoch': 3, 'weights_here': {'x': 1}}, tmp_path / 'odd.pth')
     with pytest.raises(ValueError, match=r"top-level keys: \['epoch', 'weights_here'\]"):
         build_model(dict(make_opt(tmp_path, TINY), is_train=False, path={'pretrain_network_g': str(tmp_path / 'odd.pth')}))
+
+
+def official_promptir_lr(epoch, base=2e-4, warmup=15, max_epochs=150):
+    """Lightning-Bolts LinearWarmupCosineAnnealingLR closed form as PromptIR uses it (warmup_start_lr = eta_min = 0)."""
+    if epoch < warmup:
+        return epoch * base / (warmup - 1)
+    return 0.5 * base * (1 + math.cos(math.pi * (epoch - warmup) / (max_epochs - warmup)))
+
+
+def test_linear_warmup_cosine_matches_promptir_schedule(tmp_path):
+    sched = {'type': 'LinearWarmupCosineLR', 'warmup_iter': 15, 'max_iter': 150}
+    model = build_model(make_opt(tmp_path, TINY, optim_g={'type': 'AdamW', 'lr': 2e-4}, scheduler=sched))
+    for it in range(1, 121):  # one scheduler step per "epoch"; BasicSR's iteration `it` runs at step it - 1
+        model.update_learning_rate(it)
+        assert model.get_current_learning_rate()[0] == pytest.approx(official_promptir_lr(it - 1), abs=1e-12)
+    with pytest.raises(ValueError, match='warmup_iter < max_iter'):
+        build_model(make_opt(tmp_path, TINY, scheduler={'type': 'LinearWarmupCosineLR', 'warmup_iter': 5, 'max_iter': 5}))
