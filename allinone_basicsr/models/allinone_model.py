@@ -187,7 +187,7 @@ class AllInOneModel(SRModel):
 
         pbar = tqdm(total=len(dataloader), unit='image', desc=dataset_name, leave=False,
                     disable=not val_opt.get('pbar', True))
-        count = 0
+        count = scored = 0
         for val_data in dataloader:
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
@@ -197,6 +197,7 @@ class AllInOneModel(SRModel):
                 output = output.clamp(0, 1)
             gt = self.gt.detach().cpu() if hasattr(self, 'gt') else None
             if gt is not None:
+                scored += 1
                 for name, metric_opt in metrics.items():
                     sums[name] += calculate_metric({'img': output, 'img2': gt}, metric_opt)
                     if score_input:
@@ -212,15 +213,15 @@ class AllInOneModel(SRModel):
             pbar.update(1)
         pbar.close()
 
-        if not metrics or count == 0:
+        if not metrics or scored == 0:  # nothing to score (no ground truth): images only
             return
-        self.metric_results = {name: value / count for name, value in sums.items()}
+        self.metric_results = {name: value / scored for name, value in sums.items()}
         if score_input:
-            self._input_scores[dataset_name] = {name: value / count for name, value in input_sums.items()}
+            self._input_scores[dataset_name] = {name: value / scored for name, value in input_sums.items()}
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        self._add_table_row(current_iter, dataset_name, dataset_opt, count)
+        self._add_table_row(current_iter, dataset_name, dataset_opt, scored)
 
     def _add_table_row(self, current_iter, dataset_name, dataset_opt, count):
         """Collect one row per val/test set; once every set of this round is in, log and write the table."""

@@ -150,3 +150,29 @@ def test_linear_warmup_cosine_matches_promptir_schedule(tmp_path):
         assert model.get_current_learning_rate()[0] == pytest.approx(official_promptir_lr(it - 1), abs=1e-12)
     with pytest.raises(ValueError, match='warmup_iter < max_iter'):
         build_model(make_opt(tmp_path, TINY, scheduler={'type': 'LinearWarmupCosineLR', 'warmup_iter': 5, 'max_iter': 5}))
+
+
+class _Loader(list):
+    """A stand-in for a val DataLoader: items plus ``dataset.opt``."""
+
+    def __init__(self, items, name):
+        super().__init__(items)
+        self.dataset = type('D', (), {'opt': {'name': name, 'degradation': 'noise'}})()
+
+
+def test_validation_scores_with_gt_and_saves_images_without(tmp_path):
+    opt = dict(make_opt(tmp_path, TINY), is_train=False, path={'results_root': str(tmp_path / 'res'),
+                                                                 'visualization': str(tmp_path / 'vis')},
+               datasets={'test_1': {}, 'test_2': {}},
+               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'}}})
+    model = build_model(opt)
+    torch.manual_seed(0)
+    gt = torch.rand(1, 3, 12, 12)
+    lq = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    model.validation(_Loader([{'lq': lq, 'gt': gt, 'lq_path': ['a.png']}], 'with_gt'), 'run', None, save_img=True)
+    rows = (tmp_path / 'res' / 'metrics.csv').read_text().splitlines()
+    assert rows[0].startswith('test_set,degradation,images,input_psnr,psnr,gain_psnr')
+    assert rows[1].startswith('with_gt,noise,1,') and rows[2].startswith('Average,')
+    model.validation(_Loader([{'lq': lq, 'lq_path': ['b.png']}], 'no_gt'), 'run', None, save_img=True)
+    assert (tmp_path / 'vis' / 'no_gt' / 'b_unit.png').is_file()
+    assert 'no_gt' not in (tmp_path / 'res' / 'metrics.csv').read_text()
