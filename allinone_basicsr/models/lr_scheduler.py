@@ -10,7 +10,8 @@ class LinearWarmupCosineLR(LRScheduler):
     With ``t`` the number of scheduler steps taken (BasicSR steps once per iteration from iteration 2, so
     ``t = iteration - 1``):
         t < warmup_iter:  lr = warmup_start_lr + (base_lr - warmup_start_lr) * t / (warmup_iter - 1)
-        t >= warmup_iter: lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * (t - warmup_iter) / (max_iter - warmup_iter))) / 2
+        t >= warmup_iter: lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * p)) / 2,
+                          p = (t - warmup_iter) / (max_iter - warmup_iter)
     The same closed form as Lightning-Bolts' ``LinearWarmupCosineAnnealingLR`` that PromptIR steps per epoch.
     ``max_iter`` may exceed ``train.total_iter`` (PromptIR anneals over 150 epochs and stops after 120).
 

@@ -132,7 +132,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
                          path={'pretrain_network_g': str(tmp_path / 'missing.pth')}))
     torch.save({'epoch': 3, 'weights_here': {'x': 1}}, tmp_path / 'odd.pth')
     with pytest.raises(ValueError, match=r"top-level keys: \['epoch', 'weights_here'\]"):
-        build_model(dict(make_opt(tmp_path, TINY), is_train=False, path={'pretrain_network_g': str(tmp_path / 'odd.pth')}))
+        build_model(dict(make_opt(tmp_path, TINY), is_train=False,
+                         path={'pretrain_network_g': str(tmp_path / 'odd.pth')}))
 
 
 def official_promptir_lr(epoch, base=2e-4, warmup=15, max_epochs=150):
@@ -149,7 +150,8 @@ def test_linear_warmup_cosine_matches_promptir_schedule(tmp_path):
         model.update_learning_rate(it)
         assert model.get_current_learning_rate()[0] == pytest.approx(official_promptir_lr(it - 1), abs=1e-12)
     with pytest.raises(ValueError, match='warmup_iter < max_iter'):
-        build_model(make_opt(tmp_path, TINY, scheduler={'type': 'LinearWarmupCosineLR', 'warmup_iter': 5, 'max_iter': 5}))
+        bad = {'type': 'LinearWarmupCosineLR', 'warmup_iter': 5, 'max_iter': 5}
+        build_model(make_opt(tmp_path, TINY, scheduler=bad))
 
 
 class _Loader(list):

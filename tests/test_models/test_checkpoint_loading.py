@@ -53,7 +53,8 @@ def test_basicsr_and_bare_checkpoints(tmp_path, reference, layout):
         'bare': sd,
     }[layout]
     torch.save(ckpt, tmp_path / 'net_g.pth')
-    model = build_from(tmp_path / 'net_g.pth', reference, param_key_g='params_ema' if layout == 'params_ema' else 'params')
+    param_key = 'params_ema' if layout == 'params_ema' else 'params'
+    model = build_from(tmp_path / 'net_g.pth', reference, param_key_g=param_key)
     assert (output_of(model, reference) - reference['output']).abs().max() <= reference['atol']
 
 
