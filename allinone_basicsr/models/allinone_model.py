@@ -187,7 +187,7 @@ class AllInOneModel(SRModel):
 
         pbar = tqdm(total=len(dataloader), unit='image', desc=dataset_name, leave=False,
                     disable=not val_opt.get('pbar', True))
-        count = scored = 0
+        scored = 0
         for val_data in dataloader:
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
@@ -198,10 +198,11 @@ class AllInOneModel(SRModel):
             gt = self.gt.detach().cpu() if hasattr(self, 'gt') else None
             if gt is not None:
                 scored += 1
+                lq = self.lq.detach().cpu()
                 for name, metric_opt in metrics.items():
                     sums[name] += calculate_metric({'img': output, 'img2': gt}, metric_opt)
                     if score_input:
-                        input_sums[name] += calculate_metric({'img': self.lq.detach().cpu(), 'img2': gt}, metric_opt)
+                        input_sums[name] += calculate_metric({'img': lq, 'img2': gt}, metric_opt)
                 del self.gt
             if save_img:
                 folder = (osp.join(self.opt['path']['visualization'], img_name) if self.opt['is_train'] else osp.join(
@@ -209,7 +210,6 @@ class AllInOneModel(SRModel):
                 suffix = current_iter if self.opt['is_train'] else (val_opt.get('suffix') or self.opt['name'])
                 imwrite(tensor2img([output]), osp.join(folder, f'{img_name}_{suffix}.png'))
             del self.lq, self.output
-            count += 1
             pbar.update(1)
         pbar.close()
 
