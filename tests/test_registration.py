@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 EXPECTED = {
-    'ARCH_REGISTRY': ['SymUNet'],
+    'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR'],
     'DATASET_REGISTRY': ['MixedDegradationDataset', 'AllInOneTestDataset'],
     'LOSS_REGISTRY': ['FFTLoss', 'L1Loss'],
     'METRIC_REGISTRY': ['calculate_psnr_aio', 'calculate_ssim_aio'],

@@ -1,12 +1,27 @@
-"""SymUNet: a symmetric U-Net of Restormer blocks with additive skips (Jiao et al., seed paper 000).
+"""SymUNet and SE-SymUNet (Jiao et al., seed paper 000).
 
-Faithful to the official ``SymUNet_arch.py`` (WenlongJiao/SymUNet): same constructor keywords, same
-state-dict keys, same outputs (checked against ``shared/reference/symunet_tiny_reference.pt``).
+SymUNet is a symmetric U-Net of Restormer blocks with additive skips; SE-SymUNet adds frozen CLIP image tokens,
+exchanged with the image features by cross-attention at the bottleneck and at every decoder level.
+
+Faithful to the official ``SymUNet_arch.py`` (WenlongJiao/SymUNet): same constructor keywords, same state-dict
+keys, same outputs (checked against ``shared/reference/symunet_tiny_reference.pt`` and the key/shape list
+``se_symunet_full_keys.json``). Deviations of SE-SymUNet, both without effect on trained weights:
+
+* the position embeddings added to the image patches are fixed, seeded N(0, 1) tensors (one per token count),
+  not fresh random draws that the official code makes at the first forward of every new size, so evaluation is
+  reproducible across runs and processes (the official embeddings are never saved either);
+* CLIP is not part of the module tree: it is frozen, never optimised and not written into checkpoints.
 """
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
+from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, resolve_clip_model_name,
+                          resolve_clip_weights, shared_clip_tokenizer)
 from .restormer_blocks import crop_to, pad_to_multiple, transformer_stage
 
 
@@ -93,5 +108,208 @@ class SymUNet(nn.Module):
         x = self.middle_blks(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
+        x = self.ending(x) + inp
+        return crop_to(x, h, w)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of a query sequence over a context sequence, both layer-normalised first.
+
+    Official key names (``norm_query``, ``norm_context``, ``to_q/k/v`` without bias, ``to_out.0``); the softmax
+    scale is ``(inner_dim / num_heads) ** -0.5``, computed by ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, query_dim, context_dim, inner_dim, num_heads=8, dropout=0.0):
+        super().__init__()
+        if inner_dim % num_heads:
+            raise ValueError(f'inner dim {inner_dim} is not divisible by {num_heads} heads')
+        self.num_heads = num_heads
+        self.norm_query = nn.LayerNorm(query_dim)
+        self.norm_context = nn.LayerNorm(context_dim)
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+
+    def _heads(self, t):
+        b, n, _ = t.shape
+        return t.view(b, n, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, query, context):
+        context = self.norm_context(context)
+        q = self._heads(self.to_q(self.norm_query(query)))
+        k, v = self._heads(self.to_k(context)), self._heads(self.to_v(context))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class _PatchTokenAttention(nn.Module):
+    """Shared part of the guide and refine steps: the image as p×p patch tokens plus a fixed position embedding.
+
+    Patch token ``i`` holds the ``C·p·p`` values of patch ``i`` (row-major), ordered (channel, row, column), as
+    the official ``rearrange('b c (h p1) (w p2) -> b (h w) (c p1 p2)')``; ``pixel_unshuffle`` gives that order.
+    """
+
+    def __init__(self, image_dim, patch_size, pos_embed_seed):
+        super().__init__()
+        self.patch_size = patch_size
+        self.patch_dim = image_dim * patch_size**2
+        self.pos_embed_seed = pos_embed_seed
+        self.alpha = nn.Parameter(torch.tensor(1e-4))
+        self._pos_cache = None
+
+    def position_embedding(self, num_tokens, device, dtype):
+        """A seeded N(0, 1) tensor of shape (1, num_tokens, patch_dim): equal in every run and process."""
+        key = (num_tokens, device, dtype)
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            gen = torch.Generator().manual_seed((self.pos_embed_seed * 1000003 + num_tokens) % 2**63)
+            pos = torch.randn(1, num_tokens, self.patch_dim, generator=gen)
+            self._pos_cache = (key, pos.to(device=device, dtype=dtype))
+        return self._pos_cache[1]
+
+    def image_tokens(self, image):
+        tokens = F.pixel_unshuffle(image, self.patch_size).flatten(2).transpose(1, 2)
+        return tokens + self.position_embedding(tokens.shape[1], tokens.device, tokens.dtype)
+
+
+class ImageGuidanceAttention(_PatchTokenAttention):
+    """Guide step: image patches attend to the CLIP tokens; ``image + alpha * update`` (alpha starts at 1e-4)."""
+
+    def __init__(self, image_dim, text_dim, inner_dim, num_heads=8, patch_size=4, dropout=0.0, pos_embed_seed=0):
+        super().__init__(image_dim, patch_size, pos_embed_seed)
+        self.attention = CrossAttention(self.patch_dim, text_dim, inner_dim, num_heads, dropout)
+
+    def forward(self, image, tokens):
+        b, _, h, w = image.shape
+        update = self.attention(self.image_tokens(image), tokens)
+        update = F.pixel_shuffle(update.transpose(1, 2).reshape(b, -1, h // self.patch_size, w // self.patch_size),
+                                 self.patch_size)
+        return image + self.alpha * update
+
+
+class TextRefinementAttention(_PatchTokenAttention):
+    """Refine step: the CLIP tokens attend to the image patches; ``tokens + alpha * update``."""
+
+    def __init__(self, text_dim, image_dim, inner_dim, num_heads=8, patch_size=4, dropout=0.0, pos_embed_seed=0):
+        super().__init__(image_dim, patch_size, pos_embed_seed)
+        self.attention = CrossAttention(text_dim, self.patch_dim, inner_dim, num_heads, dropout)
+
+    def forward(self, tokens, image):
+        return tokens + self.alpha * self.attention(tokens, self.image_tokens(image))
+
+
+@ARCH_REGISTRY.register()
+@check_arch_options
+class SESymUNet(SymUNet):
+    """SymUNet with semantic enhancement by frozen CLIP image tokens (official ``SESymUNet``).
+
+    The CLIP tokens ``z`` of the LQ input (see :mod:`.clip_tokens`) meet the image at the bottleneck
+    (``x = guide(x, z)``, middle blocks, ``z = refine(z, x)``) and at every decoder level (up + skip,
+    ``x = guide(x, z)``, blocks, ``z = refine(z, x)``). The last level's refinement output is never used; its
+    parameters exist (official keys) but it is not computed, so DDP needs ``find_unused_parameters: true``.
+
+    Args (backbone ones as :class:`SymUNet`; defaults are the official option file's values):
+        clip_model_name (str): open_clip model name, or the official Hugging Face id
+            (``openai/clip-vit-large-patch14`` -> ``ViT-L-14-quickgelu``). Default: ``ViT-L-14-quickgelu``.
+        clip_pretrained (str | None): local weight file, open_clip tag (downloads when online), or None for a
+            random CLIP (tests and smoke runs only). Default: None.
+        clip_vision_cfg (dict | None): overrides of the open_clip vision config (e.g. a tiny tower for tests).
+        cross_attn_inner_dims (list[int]): attention width per level, shallowest first. Default: [1024] * 3.
+        cross_attn_heads (list[int]): heads per level, shallowest first. Default: [1, 2, 4].
+        middle_cross_attn_inner_dim (int): attention width at the bottleneck. Default: 1024.
+        middle_cross_attn_heads (int): heads at the bottleneck. Default: 8.
+        patch_sizes (list[int]): patch size per level, shallowest first. Default: [4, 4, 4].
+        middle_patch_size (int): patch size at the bottleneck. Default: 2.
+        semantic_start_iter (int): official two-stage switch; only 0 (single stage, the released recipe) is
+            supported, since the official code's other branch calls a method it does not define.
+        pos_embed_seed (int): seed of the fixed position embeddings (ours; see the module docstring). Default: 0.
+    """
+
+    def __init__(self,
+                 img_channel=3,
+                 width=48,
+                 middle_blk_num=8,
+                 enc_blk_nums=(4, 6, 6),
+                 dec_blk_nums=(6, 6, 4),
+                 restormer_heads=(1, 2, 4),
+                 restormer_middle_heads=8,
+                 ffn_expansion_factor=2.66,
+                 bias=False,
+                 LayerNorm_type='WithBias',
+                 clip_model_name=DEFAULT_CLIP_MODEL,
+                 clip_pretrained=None,
+                 clip_vision_cfg=None,
+                 cross_attn_inner_dims=(1024, 1024, 1024),
+                 cross_attn_heads=(1, 2, 4),
+                 middle_cross_attn_inner_dim=1024,
+                 middle_cross_attn_heads=8,
+                 patch_sizes=(4, 4, 4),
+                 middle_patch_size=2,
+                 semantic_start_iter=0,
+                 pos_embed_seed=0):
+        super().__init__(img_channel=img_channel, width=width, middle_blk_num=middle_blk_num,
+                         enc_blk_nums=enc_blk_nums, dec_blk_nums=dec_blk_nums, restormer_heads=restormer_heads,
+                         restormer_middle_heads=restormer_middle_heads, ffn_expansion_factor=ffn_expansion_factor,
+                         bias=bias, LayerNorm_type=LayerNorm_type)
+        levels = len(enc_blk_nums)
+        for key, value in (('cross_attn_inner_dims', cross_attn_inner_dims), ('cross_attn_heads', cross_attn_heads),
+                           ('patch_sizes', patch_sizes)):
+            if len(value) != levels:
+                raise ValueError(f'{key} {list(value)} must have one entry per level ({levels})')
+        if semantic_start_iter:
+            raise ValueError('semantic_start_iter > 0 (two-stage training) is not supported: the official code '
+                             'calls an undefined freeze_semantic_modules() there; use 0')
+
+        model_name, _ = resolve_clip_model_name(clip_model_name)
+        weights = resolve_clip_weights(model_name, clip_pretrained)
+        vision_overrides = dict(clip_vision_cfg or {})
+        text_dim = clip_vision_config(model_name, vision_overrides)['vision_cfg']['width']
+        self._clip = FrozenTokenizerSlot(lambda: shared_clip_tokenizer(model_name, weights, vision_overrides))
+
+        seeds = iter(range(pos_embed_seed * 100, pos_embed_seed * 100 + 2 * (levels + 1)))
+        chan = width * 2**levels
+        self.middle_guide_attention = ImageGuidanceAttention(chan, text_dim, middle_cross_attn_inner_dim,
+                                                             middle_cross_attn_heads, middle_patch_size,
+                                                             pos_embed_seed=next(seeds))
+        self.middle_refine_attention = TextRefinementAttention(text_dim, chan, middle_cross_attn_inner_dim,
+                                                               middle_cross_attn_heads, middle_patch_size,
+                                                               pos_embed_seed=next(seeds))
+        self.decoder_guide_attentions, self.decoder_refine_attentions = nn.ModuleList(), nn.ModuleList()
+        multiple = 2**levels * middle_patch_size  # patches must tile every level exactly
+        for level in reversed(range(levels)):
+            chan //= 2
+            opt = dict(inner_dim=cross_attn_inner_dims[level], num_heads=cross_attn_heads[level],
+                       patch_size=patch_sizes[level])
+            self.decoder_guide_attentions.append(
+                ImageGuidanceAttention(chan, text_dim, **opt, pos_embed_seed=next(seeds)))
+            self.decoder_refine_attentions.append(
+                TextRefinementAttention(text_dim, chan, **opt, pos_embed_seed=next(seeds)))
+            multiple = math.lcm(multiple, 2**level * patch_sizes[level])
+        self.padder_size = math.lcm(self.padder_size, multiple)
+
+    def clip_tokenizer(self, device=None):
+        """The frozen CLIP tokenizer (built on first use; not a submodule)."""
+        return self._clip.get(device or self.intro.weight.device)
+
+    def forward(self, inp):
+        h, w = inp.shape[-2:]
+        tokens = self.clip_tokenizer(inp.device)(inp)  # from the raw LQ input, before padding (as official)
+        inp = pad_to_multiple(inp, self.padder_size)
+        x = self.intro(inp)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = encoder(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle_blks(self.middle_guide_attention(x, tokens))
+        tokens = self.middle_refine_attention(tokens, x)
+        last = len(self.decoders) - 1
+        for i, (up, decoder, guide, refine, skip) in enumerate(
+                zip(self.ups, self.decoders, self.decoder_guide_attentions, self.decoder_refine_attentions,
+                    reversed(skips))):
+            x = decoder(guide(up(x) + skip, tokens))
+            if i < last:  # the official code also computes the last refinement, whose output nothing reads
+                tokens = refine(tokens, x)
         x = self.ending(x) + inp
         return crop_to(x, h, w)

@@ -7,6 +7,7 @@ FILES = {
     'symunet_full_keys.json': '22,288,827',
     'promptir_tiny_reference.pt': None,
     'promptir_full_keys.json': '35,592,263',
+    'se_symunet_full_keys.json': '67,432,643',  # trainable only: CLIP is frozen and outside the state dict
 }
 
 
