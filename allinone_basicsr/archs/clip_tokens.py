@@ -12,7 +12,8 @@ in ``parameters()`` (the optimizer never sees it) nor in ``state_dict()`` (check
 built with the same CLIP options in one process (``net_g`` and ``net_g_ema``) share one tower.
 
 Weights (``clip_pretrained``):
-    * ``None``: random initialisation (tests, smoke runs). A warning says the tokens carry no meaning.
+    * ``None``: random initialisation from a fixed seed (tests, smoke runs); a warning says the tokens carry no
+      meaning.
     * a local file: open_clip's ``open_clip_pytorch_model.bin`` / ``.safetensors`` (full CLIP, ``visual.*`` keys),
       OpenAI's original ``ViT-L-14.pt`` (TorchScript), or a bare visual-tower state dict.
     * an open_clip pretrained tag such as ``openai``: downloaded (and cached) by open_clip on first use. Without
@@ -29,6 +30,7 @@ from torchvision.transforms import functional as TF
 
 DEFAULT_CLIP_MODEL = 'ViT-L-14-quickgelu'
 DEFAULT_CLIP_FILE = 'pretrained/clip/ViT-L-14-quickgelu_openai.bin'
+RANDOM_INIT_SEED = 0
 
 # Hugging Face model ids (what the official option files name) -> (open_clip model, pretrained tag).
 HF_TO_OPEN_CLIP = {
@@ -128,11 +130,16 @@ class CLIPTokenizer:
 
         cfg = clip_vision_config(model_name, vision_overrides)
         self.model_name, self.pretrained = model_name, pretrained
-        self.tower = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']),
-                                         quick_gelu=cfg['quick_gelu'])
+        # Built with its own seed: a random tower is the same in every process (train, test, each DDP rank), and
+        # building it (lazily, at the first forward) leaves the global RNG stream of training untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            self.tower = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']),
+                                             quick_gelu=cfg['quick_gelu'])
         if pretrained is None:
-            warnings.warn(f'CLIP {model_name} has random weights (network_g.clip_pretrained is not set): its tokens '
-                          f'carry no image semantics. Fine for tests and smoke runs only.', stacklevel=2)
+            warnings.warn(f'CLIP {model_name} has random weights (network_g.clip_pretrained is not set; seeded, so '
+                          f'equal in every process): its tokens carry no image semantics. Fine for tests and smoke '
+                          f'runs only.', stacklevel=2)
         else:
             path = pretrained
             if not os.path.isfile(path):

@@ -239,3 +239,14 @@ def test_shared_cache_frees_unused_towers():
     import gc
     gc.collect()
     assert len(clip_tokens._SHARED_TOWERS) == 0
+
+
+def test_random_clip_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    first = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    assert torch.equal(torch.rand(1), expected)
+    second = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    for a, b in zip(first.tower.parameters(), second.tower.parameters()):
+        assert torch.equal(a, b)
