@@ -96,15 +96,19 @@ class SymUNet(nn.Module):
 
         self.padder_size = 2**levels * 4
 
-    def forward(self, inp):
-        h, w = inp.shape[-2:]
-        inp = pad_to_multiple(inp, self.padder_size)
-        x = self.intro(inp)
+    def encode(self, x):
+        """Encoder levels: returns the bottleneck input and the skips, shallowest first."""
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = encoder(x)
             skips.append(x)
             x = down(x)
+        return x, skips
+
+    def forward(self, inp):
+        h, w = inp.shape[-2:]
+        inp = pad_to_multiple(inp, self.padder_size)
+        x, skips = self.encode(self.intro(inp))
         x = self.middle_blks(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
@@ -209,7 +213,7 @@ class SESymUNet(SymUNet):
     ``x = guide(x, z)``, blocks, ``z = refine(z, x)``). The last level's refinement output is never used; its
     parameters exist (official keys) but it is not computed, so DDP needs ``find_unused_parameters: true``.
 
-    Args (backbone ones as :class:`SymUNet`; defaults are the official option file's values):
+    Args (defaults are the official option file's values; the backbone options are :class:`SymUNet`'s):
         clip_model_name (str): open_clip model name, or the official Hugging Face id
             (``openai/clip-vit-large-patch14`` -> ``ViT-L-14-quickgelu``). Default: ``ViT-L-14-quickgelu``.
         clip_pretrained (str | None): local weight file, open_clip tag (downloads when online), or None for a
@@ -224,19 +228,10 @@ class SESymUNet(SymUNet):
         semantic_start_iter (int): official two-stage switch; only 0 (single stage, the released recipe) is
             supported, since the official code's other branch calls a method it does not define.
         pos_embed_seed (int): seed of the fixed position embeddings (ours; see the module docstring). Default: 0.
+        **backbone_opt: :class:`SymUNet`'s options (img_channel, width, enc_blk_nums, ...).
     """
 
     def __init__(self,
-                 img_channel=3,
-                 width=48,
-                 middle_blk_num=8,
-                 enc_blk_nums=(4, 6, 6),
-                 dec_blk_nums=(6, 6, 4),
-                 restormer_heads=(1, 2, 4),
-                 restormer_middle_heads=8,
-                 ffn_expansion_factor=2.66,
-                 bias=False,
-                 LayerNorm_type='WithBias',
                  clip_model_name=DEFAULT_CLIP_MODEL,
                  clip_pretrained=None,
                  clip_vision_cfg=None,
@@ -247,12 +242,11 @@ class SESymUNet(SymUNet):
                  patch_sizes=(4, 4, 4),
                  middle_patch_size=2,
                  semantic_start_iter=0,
-                 pos_embed_seed=0):
-        super().__init__(img_channel=img_channel, width=width, middle_blk_num=middle_blk_num,
-                         enc_blk_nums=enc_blk_nums, dec_blk_nums=dec_blk_nums, restormer_heads=restormer_heads,
-                         restormer_middle_heads=restormer_middle_heads, ffn_expansion_factor=ffn_expansion_factor,
-                         bias=bias, LayerNorm_type=LayerNorm_type)
-        levels = len(enc_blk_nums)
+                 pos_embed_seed=0,
+                 **backbone_opt):
+        super().__init__(**backbone_opt)
+        width = self.intro.out_channels
+        levels = len(self.encoders)
         for key, value in (('cross_attn_inner_dims', cross_attn_inner_dims), ('cross_attn_heads', cross_attn_heads),
                            ('patch_sizes', patch_sizes)):
             if len(value) != levels:
@@ -296,12 +290,7 @@ class SESymUNet(SymUNet):
         h, w = inp.shape[-2:]
         tokens = self.clip_tokenizer(inp.device)(inp)  # from the raw LQ input, before padding (as official)
         inp = pad_to_multiple(inp, self.padder_size)
-        x = self.intro(inp)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
+        x, skips = self.encode(self.intro(inp))
         x = self.middle_blks(self.middle_guide_attention(x, tokens))
         tokens = self.middle_refine_attention(tokens, x)
         last = len(self.decoders) - 1

@@ -50,8 +50,10 @@ def test_registered_and_accepts_official_keywords():
                                          clip_model_name='openai/clip-vit-large-patch14', semantic_start_iter=0,
                                          **{k: v for k, v in TINY.items()})
     assert net.clip_tokenizer().model_name == 'ViT-L-14-quickgelu'
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['clip_layer'\].*valid options: .*clip_pretrained"):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['clip_layer'\]") as err:
         SESymUNet(clip_layer=3, **TINY)
+    for option in ('clip_pretrained', 'patch_sizes', 'width', 'enc_blk_nums', 'LayerNorm_type'):  # own + SymUNet's
+        assert f"'{option}'" in str(err.value)
     with pytest.raises(ValueError, match='semantic_start_iter'):
         SESymUNet(semantic_start_iter=1000, **TINY)
 
