@@ -91,6 +91,26 @@ def pair_sources(lq, gt, where_lq, where_gt):
             raise ValueError(f'{where_gt}: key {key!r} has no LQ image in {where_lq}')
 
 
+def read_gt_key_map(map_file, lq, gt, where):
+    """``lq_key gt_key`` per line -> {lq key: gt key}; every LQ key must be mapped onto an existing GT key."""
+    if not osp.isfile(map_file):
+        raise FileNotFoundError(f'{where}: not found: {map_file}')
+    mapping = {}
+    with open(map_file) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                parts = line.split()
+                if len(parts) != 2:
+                    raise ValueError(f'{where}: {map_file} line {number}: expected "lq_key gt_key", got {line!r}')
+                mapping[parts[0]] = parts[1]
+    for key in lq:
+        if key not in mapping:
+            raise ValueError(f'{where}: LQ key {key!r} is not in {map_file}')
+        if mapping[key] not in gt:
+            raise ValueError(f'{where}: LQ key {key!r} maps to GT key {mapping[key]!r}, which the GT source lacks')
+    return {key: mapping[key] for key in lq}
+
+
 def decode_image(content, name):
     """Bytes -> HxWx3 uint8 RGB (grey -> 3 channels, alpha dropped, 16-bit scaled to 8-bit); errors name the image."""
     if content is None:
@@ -210,8 +230,11 @@ class MixedDegradationDataset(data.Dataset):
                 dataroot_lq (str): LQ source with the same keys. Give this or ``noise_sigma``.
                 noise_sigma (float): Gaussian noise σ (0-255 scale) added to the GT to make the LQ.
                 repeat (int): How many times the task's images appear in the index. Default: 1.
-                meta_info_file (str): Optional list of images (first token per line) for both sources.
-                    Default: the LMDB's meta_info.txt, or every image of the folder.
+                meta_info_file (str): Optional list of images (first token per line) for both sources (for the
+                    LQ source only with ``gt_key_map``). Default: the LMDB's meta_info.txt, or every image of the folder.
+                gt_key_map (str): Optional text file, ``lq_key gt_key`` per line, for LQ sources whose images
+                    share GT images (RESIDE: several hazy versions of one clean photo, which
+                    ``prepare_3task.py`` stores once). Default: LQ and GT hold the same keys.
             gt_size (int): Size of the square training patches. Default: 128.
             use_hflip (bool): Random horizontal flips. Default: True.
             use_rot (bool): Random vertical flips and transposes (rot90). Default: True.
@@ -254,20 +277,25 @@ class MixedDegradationDataset(data.Dataset):
             if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
                 raise ValueError(f'{tw}.repeat: expected an integer >= 1, got {repeat!r}')
             meta = task.get('meta_info_file')
-            gt_lmdb, gt = list_source(task['dataroot_gt'], f'{tw}.dataroot_gt', meta)
+            # with a gt_key_map, meta_info_file lists LQ keys; the GT source lists all of its own
+            gt_lmdb, gt = list_source(task['dataroot_gt'], f'{tw}.dataroot_gt',
+                                      None if task.get('gt_key_map') else meta)
             entry = dict(name=name, degradation=label, sigma=None, gt=gt, lq=None, repeat=repeat,
                          gt_client=self.reader.register(task['dataroot_gt'], gt_lmdb), lq_client=None)
             if has_lq:
                 lq_lmdb, lq = list_source(task['dataroot_lq'], f'{tw}.dataroot_lq', meta)
-                pair_sources(lq, gt, f'{tw}.dataroot_lq ({task["dataroot_lq"]})',
-                             f'{tw}.dataroot_gt ({task["dataroot_gt"]})')
+                if task.get('gt_key_map'):
+                    entry['gt_key'] = read_gt_key_map(task['gt_key_map'], lq, gt, f'{tw}.gt_key_map')
+                else:
+                    pair_sources(lq, gt, f'{tw}.dataroot_lq ({task["dataroot_lq"]})',
+                                 f'{tw}.dataroot_gt ({task["dataroot_gt"]})')
                 entry.update(lq=lq, lq_client=self.reader.register(task['dataroot_lq'], lq_lmdb))
             else:
                 entry['sigma'] = _check_sigma(f'{tw}.noise_sigma', task['noise_sigma'])
-            entry['keys'] = list(gt)
+            entry['keys'] = list(entry['lq'] if entry['lq'] is not None else gt)
             self.tasks.append(entry)
             self.offsets.append(total)
-            total += len(gt) * repeat
+            total += len(entry['keys']) * repeat
         self.length = total
 
     def __len__(self):
@@ -283,7 +311,7 @@ class MixedDegradationDataset(data.Dataset):
 
     def __getitem__(self, index):
         task, key = self.locate(index)
-        gt_path = task['gt'][key]
+        gt_path = task['gt'][task['gt_key'][key] if 'gt_key' in task else key]
         img_gt = self.reader.read(gt_path, task['gt_client'])
         if task['lq'] is not None:
             lq_path = task['lq'][key]

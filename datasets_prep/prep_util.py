@@ -1,0 +1,285 @@
+"""Shared engine of prepare_3task.py / prepare_5task.py: raw folders -> checked pairs -> BasicSR LMDBs.
+
+A *job* writes one LMDB (a clean-only set) or two LMDBs of one task (``<name>_lq.lmdb`` and ``<name>_gt.lmdb``).
+Its *units* are decoded, checked and PNG-encoded in worker processes and written by BasicSR's ``LmdbMaker`` in the
+main process. Each LMDB is written under a temporary name and renamed into place only once complete, with a
+``prepare_info.json`` beside its ``meta_info.txt``; a re-run skips LMDBs that are complete (``--force`` rebuilds).
+"""
+import json
+import os
+import re
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from os import path as osp
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a source checkout
+
+import allinone_basicsr  # noqa: E402,F401  (patches basicsr before it is imported)
+from basicsr.utils.lmdb_util import LmdbMaker  # noqa: E402
+
+IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
+INFO_FILE = 'prepare_info.json'
+
+
+class PrepError(Exception):
+    """A problem with the raw data: the message says what, where, and by which rule."""
+
+
+@dataclass
+class Unit:
+    """One source image, or an LQ/GT pair, to write.
+
+    sources: image paths (LQ first for pairs); outs: LMDB index per source (None = read only, e.g. to check the
+    size of a GT image written by another unit); keys: LMDB key per source; crop: (size, step) sub-crops.
+    """
+    sources: tuple
+    outs: tuple
+    keys: tuple
+    crop: tuple = None
+
+
+@dataclass
+class Job:
+    """LMDBs of one task: ``lmdbs`` are paths relative to --out without ``.lmdb``; ``extra`` = {file: text}."""
+    title: str
+    lmdbs: tuple
+    units: list
+    expected: int = None
+    found: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> list of names
+    extra: dict = field(default_factory=dict)
+    written: int = 0
+    status: str = ''
+
+
+def natural_key(text):
+    return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', text)]
+
+
+def require_dir(raw, rel, what):
+    """``raw/rel`` must be a folder; the error names the --raw argument, the path and what belongs there."""
+    path = osp.join(raw, rel)
+    if not osp.isdir(path):
+        raise PrepError(f'--raw {raw}: missing folder {path} ({what}); see README "Data" for the raw layout')
+    return path
+
+
+def list_images(folder):
+    """Image files of a folder, natural order; other files are ignored."""
+    return sorted((f for f in os.listdir(folder) if osp.splitext(f)[1].lower() in IMG_EXTENSIONS), key=natural_key)
+
+
+def read_list_file(raw, candidates):
+    """First existing list file among ``raw/<candidate>``: (path, entries) or (None, None)."""
+    for rel in candidates:
+        path = osp.join(raw, rel)
+        if osp.isfile(path):
+            with open(path) as f:
+                return path, [line.strip() for line in f if line.strip()]
+    return None, None
+
+
+def fail_unpaired(unpaired, rule, folder):
+    if unpaired:
+        shown = ', '.join(unpaired[:5]) + (f' ... ({len(unpaired)} in all)' if len(unpaired) > 5 else '')
+        raise PrepError(f'{folder}: no ground truth for {shown}; rule: {rule}')
+
+
+def check_keys(job):
+    """Keys must be ASCII (LMDB) and unique per LMDB."""
+    seen = [dict() for _ in job.lmdbs]
+    for unit in job.units:
+        for out, key, src in zip(unit.outs, unit.keys, unit.sources):
+            if out is None:
+                continue
+            if not key.isascii() or ' ' in key:
+                raise PrepError(f'{src}: key {key!r} must be ASCII without spaces')
+            if key in seen[out] and unit.crop is None:
+                raise PrepError(f'two images give the key {key!r}: {seen[out][key]} and {src}')
+            seen[out][key] = src
+
+
+# ---------------------------------------------------------------------------------------------------------- workers
+
+def read_image(path):
+    """Image file -> HxWx3 uint8 BGR; grey and alpha converted, 16-bit scaled to 8-bit with a warning."""
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise PrepError(f'cannot read image {path} (missing, corrupt or an unsupported format)')
+    if img.dtype == np.uint16:
+        warnings.warn(f'{path}: 16-bit image stored as 8-bit')
+        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise PrepError(f'{path}: unsupported pixel type {img.dtype}')
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img)
+
+
+def crop_boxes(h, w, size, step):
+    """NAFNet's GoPro sub-crops: a grid with ``step`` plus a last crop flush with the border; whole if smaller."""
+    def starts(n):
+        if n <= size:
+            return [0]
+        s = list(range(0, n - size + 1, step))
+        if n - (s[-1] + size) > 0:
+            s.append(n - size)
+        return s
+    return [(y, x, min(size, h), min(size, w)) for y in starts(h) for x in starts(w)]
+
+
+def encode_unit(args):
+    """Worker: decode the unit's images, check sizes, crop, encode. Returns [(out, key, bytes, shape), ...]."""
+    unit, params = args
+    imgs = [read_image(p) for p in unit.sources]
+    if len(imgs) == 2 and imgs[0].shape != imgs[1].shape:
+        raise PrepError(f'LQ {unit.sources[0]} {imgs[0].shape[:2]} and GT {unit.sources[1]} {imgs[1].shape[:2]} '
+                        f'differ in size')
+    h, w = imgs[0].shape[:2]
+    boxes = crop_boxes(h, w, *unit.crop) if unit.crop else [None]
+    results = []
+    for index, box in enumerate(boxes, 1):
+        for img, src, out, key in zip(imgs, unit.sources, unit.outs, unit.keys):
+            if out is None:
+                continue
+            if box is not None:
+                y, x, ch, cw = box
+                img, key = img[y:y + ch, x:x + cw], f'{key}_s{index:03d}'
+            if params['format'] == 'source' and box is None and _is_plain_8bit(src):
+                with open(src, 'rb') as f:
+                    data = f.read()
+            else:
+                ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, params['compress_level']])
+                if not ok:
+                    raise PrepError(f'{src}: PNG encoding failed')
+                data = buf.tobytes()
+            results.append((out, key, data, img.shape))
+    return results
+
+
+def _is_plain_8bit(path):
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return img is not None and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+# ------------------------------------------------------------------------------------------------------- the writer
+
+def _complete(path):
+    return osp.isfile(osp.join(path, INFO_FILE)) and osp.isfile(osp.join(path, 'meta_info.txt'))
+
+
+def run_job(job, out_root, workers=1, compress_level=1, fmt='png', force=False):
+    """Write the job's LMDBs atomically (skipped when complete unless ``force``); fills job.written/status."""
+    from tqdm import tqdm
+
+    finals = [osp.join(out_root, f'{name}.lmdb') for name in job.lmdbs]
+    if not force and all(_complete(p) for p in finals):
+        with open(osp.join(finals[0], INFO_FILE)) as f:
+            job.written = json.load(f)['entries']
+        job.status = 'exists, skipped'
+        return job
+    check_keys(job)
+    temps = [osp.join(osp.dirname(p), f'.partial-{osp.basename(p)}') for p in finals]
+    for tmp in temps:
+        os.makedirs(osp.dirname(tmp), exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    makers = [LmdbMaker(tmp, compress_level=compress_level) for tmp in temps]
+    counts = [0] * len(finals)
+    params = {'compress_level': compress_level, 'format': fmt}
+    tasks = ((unit, params) for unit in job.units)
+    try:
+        if workers > 1:
+            pool = Pool(workers)
+            results = pool.imap(encode_unit, tasks, chunksize=4)
+        else:
+            pool, results = None, map(encode_unit, tasks)
+        for batch in tqdm(results, total=len(job.units), desc=job.title, unit='img', dynamic_ncols=True):
+            for out, key, data, shape in batch:
+                makers[out].put(data, key, shape)
+                counts[out] += 1
+        if pool is not None:
+            pool.close()
+            pool.join()
+    except BaseException:
+        if workers > 1 and pool is not None:
+            pool.terminate()
+        for maker in makers:
+            maker.close()
+        for tmp in temps:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for maker in makers:
+        maker.close()
+    for i, (tmp, final) in enumerate(zip(temps, finals)):
+        for name, text in job.extra.get(i, {}).items():
+            with open(osp.join(tmp, name), 'w') as f:
+                f.write(text)
+        with open(osp.join(tmp, INFO_FILE), 'w') as f:
+            json.dump({'task': job.title, 'entries': counts[i], 'sources_found': job.found,
+                       'format': fmt, 'compress_level': compress_level}, f, indent=1)
+        old = None
+        if osp.exists(final):
+            old = f'{tmp}.old'
+            os.replace(final, old)
+        os.replace(tmp, final)  # the complete LMDB appears under its name in one step
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    job.written = counts[0]
+    job.status = 'written'
+    return job
+
+
+def summary_table(jobs):
+    """Markdown: found vs expected per task, entries written, skipped with reasons."""
+    rows = ['| task | LMDB | found | expected | entries | skipped | status |', '|---|---|---|---|---|---|---|']
+    for job in jobs:
+        expected = '' if job.expected is None else f'{job.expected:,}'
+        mark = ' ⚠' if job.expected is not None and job.found != job.expected else ''
+        skipped = '; '.join(f'{len(names)} {reason} (e.g. {names[0]})' for reason, names in job.skipped.items())
+        rows.append(f'| {job.title} | {", ".join(n + ".lmdb" for n in job.lmdbs)} | {job.found:,}{mark} | '
+                    f'{expected} | {job.written:,} | {skipped or 0} | {job.status} |')
+    return '\n'.join(rows)
+
+
+def run_all(jobs, args, script):
+    """Run every job, print and write the summary (``<out>/<script>_summary.md``)."""
+    for job in jobs:
+        run_job(job, args.out, workers=args.workers, compress_level=args.compress_level, fmt=args.format,
+                force=args.force)
+    table = summary_table(jobs)
+    print(f'\n{table}\n\n⚠ = found differs from the count of the official data (a subset, or a different release).')
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, f'{script}_summary.md'), 'w') as f:
+        f.write(table + '\n')
+    return table
+
+
+def add_arguments(parser):
+    parser.add_argument('--raw', required=True, help='folder with the unpacked downloads (layout: README "Data")')
+    parser.add_argument('--out', default='datasets', help='output folder (default: datasets, as options/*.yml)')
+    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                        help='processes decoding and encoding images (default: min(4, CPUs))')
+    parser.add_argument('--compress-level', type=int, default=1, choices=range(10), metavar='0-9',
+                        help='PNG compression level (default 1, as BasicSR)')
+    parser.add_argument('--format', choices=('png', 'source'), default='png',
+                        help='png: decode and store as PNG (default); source: store 8-bit RGB source files '
+                             'byte for byte (JPEG stays JPEG, smaller) when not cropped')
+    parser.add_argument('--force', action='store_true', help='rebuild LMDBs that are already complete')
+    return parser
+
+
+def main_guard(fn):
+    """Run ``fn``; a PrepError ends the program with its message and exit status 2 (no traceback)."""
+    try:
+        return fn()
+    except PrepError as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)

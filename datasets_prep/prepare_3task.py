@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Public 3-task all-in-one data (noise, rain, haze) -> the LMDBs that options/*.yml read.
+
+Usage:
+    python datasets_prep/prepare_3task.py --raw RAW --out datasets [--workers N] [--compress-level 1] [--force]
+
+RAW is the folder of unpacked downloads, laid out as the PromptIR / SymUNet repositories describe:
+
+    RAW/Train/Denoise/                 BSD400 (a<id>.jpg or <id>.jpg) + WED (<id>.bmp), clean images
+    RAW/Train/Derain/{rainy,gt}/       Rain100L train: rainy/rain-N.png <-> gt/norain-N.png
+    RAW/Train/Dehaze/synthetic/partK/  RESIDE OTS: <id>_<A>_<beta>.jpg <-> RAW/Train/Dehaze/original/<id>.jpg
+    RAW/data_dir/noisy/denoise.txt, rainy/rainTrain.txt, hazy/hazy_outside.txt   (optional official lists)
+    RAW/test/denoise/bsd68/            BSD68, clean
+    RAW/test/derain/Rain100L/{input,target}/   target named like the input or norain-N.png
+    RAW/test/dehaze/{input,target}/    SOTS outdoor: input/<id>_<A>_<beta>.jpg <-> target/<id>.png
+
+Output (BasicSR LMDBs with meta_info.txt; LQ and GT LMDBs of a task share keys):
+    datasets/train/denoise_gt.lmdb, rain_{lq,gt}.lmdb, haze_{lq,gt}.lmdb (+ haze_lq.lmdb/gt_keys.txt: each hazy
+    image's clean key, so the clean photos are stored once), datasets/test/bsd68.lmdb, rain100l_{lq,gt}.lmdb,
+    sots_outdoor_{lq,gt}.lmdb; and datasets/prepare_3task_summary.md.
+"""
+import argparse
+import os
+import re
+from os import path as osp
+
+from prep_util import (Job, PrepError, Unit, add_arguments, fail_unpaired, list_images, main_guard,  # noqa: E402
+                       natural_key, read_list_file, require_dir, run_all)
+
+EXPECTED = {'denoise': 5144, 'derain': 200, 'dehaze': 72135, 'bsd68': 68, 'rain100l': 100, 'sots': 500}
+BSD_ID = re.compile(r'^a(\d+)$')
+
+
+def denoise_key(stem):
+    """BSD400 files are ``<id>.jpg`` or, as PromptIR's denoise.txt names them, ``a<id>.jpg``: both give ``<id>``."""
+    match = BSD_ID.match(stem)
+    return match.group(1) if match else stem
+
+
+def denoise_job(raw):
+    folder = require_dir(raw, 'Train/Denoise', 'BSD400 + WED clean training images')
+    files = list_images(folder)
+    job = Job('denoise (BSD400 + WED)', ('train/denoise_gt',), [], EXPECTED['denoise'])
+    list_path, listed = read_list_file(raw, ('data_dir/noisy/denoise.txt', 'data_dir/noisy/denoise_airnet.txt'))
+    if listed is not None:
+        by_key = {denoise_key(osp.splitext(f)[0]): f for f in files}
+        chosen, missing = [], []
+        for name in listed:
+            name = osp.basename(name)
+            file = name if name in files else by_key.get(denoise_key(osp.splitext(name)[0]))
+            (chosen.append(file) if file else missing.append(name))
+        if missing:
+            job.skipped[f'listed in {osp.basename(list_path)} but not in {folder}'] = missing
+        unlisted = sorted(set(files) - set(chosen))
+        if unlisted:
+            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
+        files = chosen
+    for file in files:
+        job.units.append(Unit((osp.join(folder, file),), (0,), (denoise_key(osp.splitext(file)[0]),)))
+    job.found = len(job.units)
+    return job
+
+
+def rain_train_job(raw):
+    rainy = require_dir(raw, 'Train/Derain/rainy', 'Rain100L training inputs rain-N.png')
+    gt_dir = require_dir(raw, 'Train/Derain/gt', 'Rain100L training targets norain-N.png')
+    job = Job('derain (Rain100L train)', ('train/rain_lq', 'train/rain_gt'), [], EXPECTED['derain'])
+    list_path, listed = read_list_file(raw, ('data_dir/rainy/rainTrain.txt',))
+    files = list_images(rainy)
+    if listed is not None:
+        names = [osp.basename(n) for n in listed]
+        missing = [n for n in names if n not in files]
+        if missing:
+            job.skipped[f'listed in {osp.basename(list_path)} but not in {rainy}'] = missing
+        unlisted = sorted(set(files) - set(names), key=natural_key)
+        if unlisted:
+            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
+        files = [n for n in names if n in files]
+    unpaired = []
+    for file in files:
+        gt = osp.join(gt_dir, file.replace('rain-', 'norain-', 1) if file.startswith('rain-') else file)
+        if not osp.isfile(gt):
+            unpaired.append(file)
+            continue
+        key = osp.splitext(file)[0]
+        job.units.append(Unit((osp.join(rainy, file), gt), (0, 1), (key, key)))
+    fail_unpaired(unpaired, 'rainy/rain-N.png -> gt/norain-N.png', rainy)
+    job.found = len(job.units)
+    return job
+
+
+def haze_train_job(raw):
+    synthetic = require_dir(raw, 'Train/Dehaze/synthetic', 'RESIDE OTS hazy images in part1..part4/')
+    original = require_dir(raw, 'Train/Dehaze/original', 'RESIDE OTS clean images <id>.jpg')
+    job = Job('dehaze (RESIDE OTS)', ('train/haze_lq', 'train/haze_gt'), [], EXPECTED['dehaze'])
+    found = []  # (relative path, file)
+    for part in sorted(os.listdir(synthetic), key=natural_key):
+        if osp.isdir(osp.join(synthetic, part)):
+            found += [(f'synthetic/{part}/{f}', osp.join(synthetic, part, f))
+                      for f in list_images(osp.join(synthetic, part))]
+    found += [(f'synthetic/{f}', osp.join(synthetic, f)) for f in list_images(synthetic)]
+    list_path, listed = read_list_file(raw, ('data_dir/hazy/hazy_outside.txt',))
+    if listed is not None:
+        by_rel = dict(found)
+        rels = [n.lstrip('./') for n in listed]
+        missing = [r for r in rels if r not in by_rel]
+        if missing:
+            job.skipped[f'listed in {osp.basename(list_path)} but not in {synthetic}'] = missing
+        unlisted = sorted(set(by_rel) - set(rels), key=natural_key)
+        if unlisted:
+            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
+        found = [(r, by_rel[r]) for r in rels if r in by_rel]
+    originals = {osp.splitext(f)[0]: f for f in list_images(original)}
+    unpaired, gt_keys, first_use = [], [], set()
+    for rel, path in found:
+        stem = osp.splitext(osp.basename(path))[0]
+        clean_id = stem.split('_')[0]
+        same_ext = f'{clean_id}{osp.splitext(path)[1]}'
+        gt_file = same_ext if osp.isfile(osp.join(original, same_ext)) else originals.get(clean_id)
+        if gt_file is None:
+            unpaired.append(rel)
+            continue
+        write_gt = clean_id not in first_use  # each clean photo is stored once; later pairs only check its size
+        first_use.add(clean_id)
+        job.units.append(Unit((path, osp.join(original, gt_file)), (0, 1 if write_gt else None), (stem, clean_id)))
+        gt_keys.append(f'{stem} {clean_id}')
+    fail_unpaired(unpaired, 'synthetic/partK/<id>_<A>_<beta>.jpg -> original/<id>.jpg', synthetic)
+    job.found = len(job.units)
+    job.extra = {0: {'gt_keys.txt': '\n'.join(gt_keys) + '\n'}}
+    return job
+
+
+def bsd68_job(raw):
+    folder = require_dir(raw, 'test/denoise/bsd68', 'BSD68 clean test images')
+    job = Job('test: BSD68', ('test/bsd68',), [], EXPECTED['bsd68'])
+    job.units = [Unit((osp.join(folder, f),), (0,), (osp.splitext(f)[0],)) for f in list_images(folder)]
+    job.found = len(job.units)
+    return job
+
+
+def rain100l_test_job(raw):
+    inputs = require_dir(raw, 'test/derain/Rain100L/input', 'Rain100L test inputs')
+    targets = require_dir(raw, 'test/derain/Rain100L/target', 'Rain100L test targets')
+    job = Job('test: Rain100L', ('test/rain100l_lq', 'test/rain100l_gt'), [], EXPECTED['rain100l'])
+    unpaired = []
+    for file in list_images(inputs):
+        candidates = [file, file.replace('rain-', 'norain-', 1)] if file.startswith('rain-') else [file]
+        gt = next((osp.join(targets, c) for c in candidates if osp.isfile(osp.join(targets, c))), None)
+        if gt is None:
+            unpaired.append(file)
+            continue
+        key = osp.splitext(file)[0]
+        job.units.append(Unit((osp.join(inputs, file), gt), (0, 1), (key, key)))
+    fail_unpaired(unpaired, 'input/<name> -> target/<name> or target/norain-N.png', inputs)
+    job.found = len(job.units)
+    return job
+
+
+def sots_job(raw):
+    inputs = require_dir(raw, 'test/dehaze/input', 'SOTS outdoor hazy inputs <id>_<A>_<beta>.jpg')
+    targets = require_dir(raw, 'test/dehaze/target', 'SOTS outdoor clean targets <id>.png')
+    job = Job('test: SOTS outdoor', ('test/sots_outdoor_lq', 'test/sots_outdoor_gt'), [], EXPECTED['sots'])
+    by_id = {osp.splitext(f)[0]: f for f in list_images(targets)}
+    unpaired = []
+    for file in list_images(inputs):
+        stem = osp.splitext(file)[0]
+        gt = by_id.get(stem.split('_')[0])
+        if gt is None:
+            unpaired.append(file)
+            continue
+        job.units.append(Unit((osp.join(inputs, file), osp.join(targets, gt)), (0, 1), (stem, stem)))
+    fail_unpaired(unpaired, 'input/<id>_<A>_<beta>.jpg -> target/<id>.png', inputs)
+    job.found = len(job.units)
+    return job
+
+
+JOBS_3TASK = (denoise_job, rain_train_job, haze_train_job, bsd68_job, rain100l_test_job, sots_job)
+
+
+def main(argv=None, jobs=JOBS_3TASK, script='prepare_3task'):
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.split('\n\n')[0]))
+    args = parser.parse_args(argv)
+    if not osp.isdir(args.raw):
+        raise PrepError(f'--raw: not a folder: {args.raw}')
+    built = [make(args.raw) for make in jobs]  # every pairing check runs before anything is written
+    return run_all(built, args, script)
+
+
+if __name__ == '__main__':
+    main_guard(main)

@@ -1,0 +1,70 @@
+"""Tiny raw download trees in the official layouts (synthetic images), with their quirks, for the prep tests."""
+import os
+from os import path as osp
+
+import cv2
+import numpy as np
+
+SIZE = (136, 144)  # >= gt_size 128 of the option files
+
+
+def _img(path, rng, shape=SIZE, grey=False):
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    h, w = shape
+    base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 1 if grey else 3), dtype=np.uint8)
+    img = cv2.resize(base, (w, h), interpolation=cv2.INTER_LINEAR)  # smooth, so JPEG is not all noise
+    img = np.clip(img.astype(int) + rng.integers(-8, 9, size=img.shape), 0, 255).astype(np.uint8)
+    assert cv2.imwrite(path, img)
+    return path
+
+
+def _write(path, lines):
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def make_raw_3task(raw, seed=0):
+    rng = np.random.default_rng(seed)
+    # denoise: BSD400 named a<id>.jpg (PromptIR's naming) and <id>.jpg (raw BSD400 naming), WED <id>.bmp
+    for name in ('a100.jpg', 'a101.jpg', '102.jpg', '00001.bmp', '00002.bmp'):
+        _img(osp.join(raw, 'Train/Denoise', name), rng)
+    _img(osp.join(raw, 'Train/Denoise', '00003.bmp'), rng, grey=True)
+    _write(osp.join(raw, 'data_dir/noisy/denoise.txt'),
+           ['a100.jpg', 'a101.jpg', 'a102.jpg', '00001.bmp', '00003.bmp', 'a999.jpg'])  # 00002 unlisted, a999 absent
+    for n in (1, 2, 3):
+        _img(osp.join(raw, f'Train/Derain/rainy/rain-{n}.png'), rng)
+        _img(osp.join(raw, f'Train/Derain/gt/norain-{n}.png'), rng)
+    _write(osp.join(raw, 'data_dir/rainy/rainTrain.txt'), [f'rainy/rain-{n}.png' for n in (1, 2, 3)])
+    hazy = ['synthetic/part1/0001_0.8_0.04.jpg', 'synthetic/part1/0001_0.9_0.08.jpg',
+            'synthetic/part2/0002_1_0.1.jpg', 'synthetic/part4/0003_0.8_0.2.jpg']
+    for rel in hazy:
+        _img(osp.join(raw, 'Train/Dehaze', rel), rng)
+    for clean_id in ('0001', '0002', '0003'):
+        _img(osp.join(raw, f'Train/Dehaze/original/{clean_id}.jpg'), rng)
+    _write(osp.join(raw, 'data_dir/hazy/hazy_outside.txt'), hazy[:3])  # part4 image unlisted
+    for name in ('3096.png', '12084.png'):
+        _img(osp.join(raw, 'test/denoise/bsd68', name), rng, shape=(81, 121))
+    _img(osp.join(raw, 'test/derain/Rain100L/input/rain-1.png'), rng, shape=(96, 112))
+    _img(osp.join(raw, 'test/derain/Rain100L/target/norain-1.png'), rng, shape=(96, 112))  # norain-N naming
+    _img(osp.join(raw, 'test/derain/Rain100L/input/rain-2.png'), rng, shape=(96, 112))
+    _img(osp.join(raw, 'test/derain/Rain100L/target/rain-2.png'), rng, shape=(96, 112))  # identical naming
+    _img(osp.join(raw, 'test/dehaze/input/0005_0.8_0.2.jpg'), rng, shape=(96, 112))
+    _img(osp.join(raw, 'test/dehaze/target/0005.png'), rng, shape=(96, 112))
+    return raw
+
+
+def make_raw_5task(raw, seed=0):
+    make_raw_3task(raw, seed)
+    rng = np.random.default_rng(seed + 1)
+    for seq, shape in (('GOPR0001_11_00', (560, 800)), ('GOPR0002_11_01', (300, 400))):
+        for sub in ('blur', 'sharp'):
+            _img(osp.join(raw, f'GoPro/train/{seq}/{sub}/000001.png'), rng, shape=shape)
+    for sub in ('blur', 'sharp'):
+        _img(osp.join(raw, f'GoPro/test/GOPR0003_11_00/{sub}/000004.png'), rng, shape=(96, 160))
+    for part, names in (('our485', ('2', '10')), ('eval15', ('1',))):
+        for name in names:
+            for sub in ('low', 'high'):
+                _img(osp.join(raw, f'LOL/{part}/{sub}/{name}.png'), rng, shape=(136, 144) if part == 'our485'
+                     else (80, 96))
+    return raw
