@@ -85,10 +85,58 @@ def read_list_file(raw, candidates):
     return None, None
 
 
+def select_listed(job, list_path, listed, available, folder, resolve=None):
+    """Keep the entries of an official list file (in its order); record the rest in ``job.skipped``.
+
+    ``available``: names found on disk; ``resolve(listed name)`` -> a name of ``available`` or None (default: the
+    same name). Listed names not found, and names found but not listed, are skipped with that reason.
+    """
+    available = set(available)
+    resolve = resolve or (lambda name: name if name in available else None)
+    chosen, missing = [], []
+    for name in listed:
+        found = resolve(name)
+        (chosen.append(found) if found else missing.append(name))
+    list_name = osp.basename(list_path)
+    if missing:
+        job.skipped[f'listed in {list_name} but not in {folder}'] = missing
+    unlisted = sorted(available - set(chosen), key=natural_key)
+    if unlisted:
+        job.skipped[f'not listed in {list_name}'] = unlisted
+    return chosen
+
+
 def fail_unpaired(unpaired, rule, folder):
     if unpaired:
         shown = ', '.join(unpaired[:5]) + (f' ... ({len(unpaired)} in all)' if len(unpaired) > 5 else '')
         raise PrepError(f'{folder}: no ground truth for {shown}; rule: {rule}')
+
+
+def add_singles(job, folder, files, key_of=None):
+    """Append a unit per clean image (one LMDB); returns the job (``found`` updated)."""
+    for file in files:
+        key = key_of(file) if key_of else osp.splitext(file)[0]
+        job.units.append(Unit((osp.join(folder, file),), (0,), (key,)))
+    job.found = len(job.units)
+    return job
+
+
+def add_pairs(job, lq_dir, files, gt_of, rule, key_of=None, crop=None):
+    """Append an LQ/GT unit per file of ``lq_dir`` (``gt_of(file)``: its GT path or None; both get one key).
+
+    Stops, listing the first few, when an LQ image has no GT file. Returns the job (``found`` updated).
+    """
+    unpaired = []
+    for file in files:
+        gt = gt_of(file)
+        if gt is None or not osp.isfile(gt):
+            unpaired.append(file)
+            continue
+        key = key_of(file) if key_of else osp.splitext(file)[0]
+        job.units.append(Unit((osp.join(lq_dir, file), gt), (0, 1), (key, key), crop))
+    fail_unpaired(unpaired, rule, lq_dir)
+    job.found = len(job.units)
+    return job
 
 
 def check_keys(job):

@@ -24,8 +24,8 @@ import os
 import re
 from os import path as osp
 
-from prep_util import (Job, PrepError, Unit, add_arguments, fail_unpaired, list_images, main_guard,  # noqa: E402
-                       natural_key, read_list_file, require_dir, run_all)
+from prep_util import (Job, PrepError, Unit, add_arguments, add_pairs, add_singles, fail_unpaired, list_images,
+                       main_guard, natural_key, read_list_file, require_dir, run_all, select_listed)
 
 EXPECTED = {'denoise': 5144, 'derain': 200, 'dehaze': 72135, 'bsd68': 68, 'rain100l': 100, 'sots': 500}
 BSD_ID = re.compile(r'^a(\d+)$')
@@ -44,21 +44,9 @@ def denoise_job(raw):
     list_path, listed = read_list_file(raw, ('data_dir/noisy/denoise.txt', 'data_dir/noisy/denoise_airnet.txt'))
     if listed is not None:
         by_key = {denoise_key(osp.splitext(f)[0]): f for f in files}
-        chosen, missing = [], []
-        for name in listed:
-            name = osp.basename(name)
-            file = name if name in files else by_key.get(denoise_key(osp.splitext(name)[0]))
-            (chosen.append(file) if file else missing.append(name))
-        if missing:
-            job.skipped[f'listed in {osp.basename(list_path)} but not in {folder}'] = missing
-        unlisted = sorted(set(files) - set(chosen))
-        if unlisted:
-            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
-        files = chosen
-    for file in files:
-        job.units.append(Unit((osp.join(folder, file),), (0,), (denoise_key(osp.splitext(file)[0]),)))
-    job.found = len(job.units)
-    return job
+        files = select_listed(job, list_path, [osp.basename(n) for n in listed], files, folder,
+                              lambda n: n if n in by_key.values() else by_key.get(denoise_key(osp.splitext(n)[0])))
+    return add_singles(job, folder, files, key_of=lambda f: denoise_key(osp.splitext(f)[0]))
 
 
 def rain_train_job(raw):
@@ -68,25 +56,9 @@ def rain_train_job(raw):
     list_path, listed = read_list_file(raw, ('data_dir/rainy/rainTrain.txt',))
     files = list_images(rainy)
     if listed is not None:
-        names = [osp.basename(n) for n in listed]
-        missing = [n for n in names if n not in files]
-        if missing:
-            job.skipped[f'listed in {osp.basename(list_path)} but not in {rainy}'] = missing
-        unlisted = sorted(set(files) - set(names), key=natural_key)
-        if unlisted:
-            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
-        files = [n for n in names if n in files]
-    unpaired = []
-    for file in files:
-        gt = osp.join(gt_dir, file.replace('rain-', 'norain-', 1) if file.startswith('rain-') else file)
-        if not osp.isfile(gt):
-            unpaired.append(file)
-            continue
-        key = osp.splitext(file)[0]
-        job.units.append(Unit((osp.join(rainy, file), gt), (0, 1), (key, key)))
-    fail_unpaired(unpaired, 'rainy/rain-N.png -> gt/norain-N.png', rainy)
-    job.found = len(job.units)
-    return job
+        files = select_listed(job, list_path, [osp.basename(n) for n in listed], files, rainy)
+    norain = (lambda f: f.replace('rain-', 'norain-', 1) if f.startswith('rain-') else f)
+    return add_pairs(job, rainy, files, lambda f: osp.join(gt_dir, norain(f)), 'rainy/rain-N.png -> gt/norain-N.png')
 
 
 def haze_train_job(raw):
@@ -102,14 +74,8 @@ def haze_train_job(raw):
     list_path, listed = read_list_file(raw, ('data_dir/hazy/hazy_outside.txt',))
     if listed is not None:
         by_rel = dict(found)
-        rels = [n.lstrip('./') for n in listed]
-        missing = [r for r in rels if r not in by_rel]
-        if missing:
-            job.skipped[f'listed in {osp.basename(list_path)} but not in {synthetic}'] = missing
-        unlisted = sorted(set(by_rel) - set(rels), key=natural_key)
-        if unlisted:
-            job.skipped[f'not listed in {osp.basename(list_path)}'] = unlisted
-        found = [(r, by_rel[r]) for r in rels if r in by_rel]
+        rels = select_listed(job, list_path, [n.lstrip('./') for n in listed], by_rel, synthetic)
+        found = [(r, by_rel[r]) for r in rels]
     originals = {osp.splitext(f)[0]: f for f in list_images(original)}
     unpaired, gt_keys, first_use = [], [], set()
     for rel, path in found:
@@ -133,27 +99,18 @@ def haze_train_job(raw):
 def bsd68_job(raw):
     folder = require_dir(raw, 'test/denoise/bsd68', 'BSD68 clean test images')
     job = Job('test: BSD68', ('test/bsd68',), [], EXPECTED['bsd68'])
-    job.units = [Unit((osp.join(folder, f),), (0,), (osp.splitext(f)[0],)) for f in list_images(folder)]
-    job.found = len(job.units)
-    return job
+    return add_singles(job, folder, list_images(folder))
 
 
 def rain100l_test_job(raw):
     inputs = require_dir(raw, 'test/derain/Rain100L/input', 'Rain100L test inputs')
     targets = require_dir(raw, 'test/derain/Rain100L/target', 'Rain100L test targets')
     job = Job('test: Rain100L', ('test/rain100l_lq', 'test/rain100l_gt'), [], EXPECTED['rain100l'])
-    unpaired = []
-    for file in list_images(inputs):
-        candidates = [file, file.replace('rain-', 'norain-', 1)] if file.startswith('rain-') else [file]
-        gt = next((osp.join(targets, c) for c in candidates if osp.isfile(osp.join(targets, c))), None)
-        if gt is None:
-            unpaired.append(file)
-            continue
-        key = osp.splitext(file)[0]
-        job.units.append(Unit((osp.join(inputs, file), gt), (0, 1), (key, key)))
-    fail_unpaired(unpaired, 'input/<name> -> target/<name> or target/norain-N.png', inputs)
-    job.found = len(job.units)
-    return job
+
+    def gt_of(file):  # target/<same name>, or target/norain-N.png for rain-N.png
+        names = [file, file.replace('rain-', 'norain-', 1)] if file.startswith('rain-') else [file]
+        return next((osp.join(targets, n) for n in names if osp.isfile(osp.join(targets, n))), None)
+    return add_pairs(job, inputs, list_images(inputs), gt_of, 'input/<name> -> target/<name> or target/norain-N.png')
 
 
 def sots_job(raw):
@@ -161,17 +118,8 @@ def sots_job(raw):
     targets = require_dir(raw, 'test/dehaze/target', 'SOTS outdoor clean targets <id>.png')
     job = Job('test: SOTS outdoor', ('test/sots_outdoor_lq', 'test/sots_outdoor_gt'), [], EXPECTED['sots'])
     by_id = {osp.splitext(f)[0]: f for f in list_images(targets)}
-    unpaired = []
-    for file in list_images(inputs):
-        stem = osp.splitext(file)[0]
-        gt = by_id.get(stem.split('_')[0])
-        if gt is None:
-            unpaired.append(file)
-            continue
-        job.units.append(Unit((osp.join(inputs, file), osp.join(targets, gt)), (0, 1), (stem, stem)))
-    fail_unpaired(unpaired, 'input/<id>_<A>_<beta>.jpg -> target/<id>.png', inputs)
-    job.found = len(job.units)
-    return job
+    gt_of = (lambda f: osp.join(targets, by_id[f.split('_')[0]]) if f.split('_')[0] in by_id else None)
+    return add_pairs(job, inputs, list_images(inputs), gt_of, 'input/<id>_<A>_<beta>.jpg -> target/<id>.png')
 
 
 JOBS_3TASK = (denoise_job, rain_train_job, haze_train_job, bsd68_job, rain100l_test_job, sots_job)

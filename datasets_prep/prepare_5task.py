@@ -13,22 +13,14 @@ Output adds datasets/train/gopro_{lq,gt}.lmdb (512×512 sub-crops with step 256,
 ``<SEQUENCE>_<frame>_sNNN``; an image smaller than 512 is kept whole), train/lol_{lq,gt}.lmdb,
 test/gopro_{lq,gt}.lmdb (full 1280×720 frames, keys ``<SEQUENCE>_<frame>``) and test/lol_{lq,gt}.lmdb.
 """
-from os import path as osp
 import os
+from os import path as osp
 
-from prep_util import Job, Unit, fail_unpaired, list_images, main_guard, natural_key, require_dir  # noqa: E402
-from prepare_3task import JOBS_3TASK, main as main_3task  # noqa: E402
+from prep_util import Job, add_pairs, list_images, main_guard, natural_key, require_dir
+from prepare_3task import JOBS_3TASK, main as main_3task
 
 GOPRO_CROP, GOPRO_STEP = 512, 256
 EXPECTED = {'gopro_train': 2103, 'gopro_test': 1111, 'lol_train': 485, 'lol_test': 15}
-
-
-def _pairs_by_name(lq_dir, gt_dir, rule):
-    files, unpaired = [], []
-    for file in list_images(lq_dir):
-        (files if osp.isfile(osp.join(gt_dir, file)) else unpaired).append(file)
-    fail_unpaired(unpaired, rule, lq_dir)
-    return files
 
 
 def _gopro_job(raw, split, crop):
@@ -40,11 +32,9 @@ def _gopro_job(raw, split, crop):
             continue
         blur = require_dir(raw, f'GoPro/{split}/{seq}/blur', 'blurred frames')
         sharp = require_dir(raw, f'GoPro/{split}/{seq}/sharp', 'sharp frames of the same names')
-        for file in _pairs_by_name(blur, sharp, '<SEQUENCE>/blur/<frame> -> <SEQUENCE>/sharp/<frame>'):
-            key = f'{seq}_{osp.splitext(file)[0]}'
-            job.units.append(Unit((osp.join(blur, file), osp.join(sharp, file)), (0, 1), (key, key),
-                                  (GOPRO_CROP, GOPRO_STEP) if crop else None))
-    job.found = len(job.units)
+        add_pairs(job, blur, list_images(blur), lambda f: osp.join(sharp, f),
+                  '<SEQUENCE>/blur/<frame> -> <SEQUENCE>/sharp/<frame>',
+                  key_of=lambda f: f'{seq}_{osp.splitext(f)[0]}', crop=(GOPRO_CROP, GOPRO_STEP) if crop else None)
     return job
 
 
@@ -61,11 +51,7 @@ def _lol_job(raw, part, split):
     high = require_dir(raw, f'LOL/{part}/high', f'LOL-v1 {part} normal-light images of the same names')
     title = 'low light (LOL-v1 our485)' if split == 'train' else 'test: LOL-v1 eval15'
     job = Job(title, (f'{split}/lol_lq', f'{split}/lol_gt'), [], EXPECTED[f'lol_{split}'])
-    for file in _pairs_by_name(low, high, 'low/<name> -> high/<name>'):
-        key = osp.splitext(file)[0]
-        job.units.append(Unit((osp.join(low, file), osp.join(high, file)), (0, 1), (key, key)))
-    job.found = len(job.units)
-    return job
+    return add_pairs(job, low, list_images(low), lambda f: osp.join(high, f), 'low/<name> -> high/<name>')
 
 
 def lol_train_job(raw):

@@ -151,7 +151,8 @@ class CLIPTokenizer:
             try:
                 self.tower.load_state_dict(state, strict=True)
             except RuntimeError as error:
-                raise RuntimeError(f'CLIP weights {path!r} do not fit the {model_name} visual tower: {error}') from error
+                raise RuntimeError(f'CLIP weights {path!r} do not fit the {model_name} visual tower: '
+                                   f'{error}') from error
         self.tower.eval().requires_grad_(False)
 
         pre = open_clip.get_pretrained_cfg(model_name, 'openai') or {}

@@ -231,7 +231,8 @@ class MixedDegradationDataset(data.Dataset):
                 noise_sigma (float): Gaussian noise σ (0-255 scale) added to the GT to make the LQ.
                 repeat (int): How many times the task's images appear in the index. Default: 1.
                 meta_info_file (str): Optional list of images (first token per line) for both sources (for the
-                    LQ source only with ``gt_key_map``). Default: the LMDB's meta_info.txt, or every image of the folder.
+                    LQ source only with ``gt_key_map``). Default: the LMDB's meta_info.txt, or every image of the
+                    folder.
                 gt_key_map (str): Optional text file, ``lq_key gt_key`` per line, for LQ sources whose images
                     share GT images (RESIDE: several hazy versions of one clean photo, which
                     ``prepare_3task.py`` stores once). Default: LQ and GT hold the same keys.

@@ -376,3 +376,27 @@ def test_meta_info_file_selects_images(data, tmp_path):
     for backend in ('lmdb', 'folder'):
         ds = AllInOneTestDataset(_test_opt(data, backend, meta_info_file=str(meta)))
         assert ds.keys == ['img_a', 'img_c']
+
+
+def test_gt_key_map_shares_gt_images(data, tmp_path):
+    """Several LQ images of one GT image (RESIDE): LQ keys map onto GT keys through a file."""
+    lq = _images(5)
+    lq_dir = _write_folder(tmp_path / 'hazy', {'h1': lq['img_a'], 'h2': lq['img_b'], 'h3': lq['img_c']})
+    mapping = tmp_path / 'gt_keys.txt'
+    mapping.write_text('h1 img_a\nh2 img_a\nh3 img_c\n')
+    opt = _train_opt(data, gt_size=40, use_hflip=False, use_rot=False)
+    opt['tasks'] = [{'name': 'dehaze', 'degradation': 'haze', 'dataroot_lq': lq_dir,
+                     'dataroot_gt': data['gt_lmdb'], 'gt_key_map': str(mapping)}]
+    ds = MixedDegradationDataset(opt)
+    assert len(ds) == 3
+    items = {osp.basename(ds[i]['lq_path']): ds[i] for i in range(3)}
+    assert items['h2.png']['gt_path'] == 'img_a' and items['h3.png']['gt_path'] == 'img_c'
+    gt, lq_crop = _u8(items['h2.png']['gt']), _u8(items['h2.png']['lq'])  # a 40x40 window of the 40x48 images
+    x = next(x for x in range(9) if np.array_equal(gt, data['gt_img']['img_a'][:, x:x + 40]))
+    assert np.array_equal(lq_crop, lq['img_b'][:, x:x + 40])
+    mapping.write_text('h1 img_a\nh2 img_zz\nh3 img_c\n')
+    with pytest.raises(ValueError, match=r"tasks\[0\].gt_key_map: LQ key 'h2' maps to GT key 'img_zz'"):
+        MixedDegradationDataset(opt)
+    mapping.write_text('h1 img_a\n')
+    with pytest.raises(ValueError, match=r"LQ key 'h2' is not in .*gt_keys.txt"):
+        MixedDegradationDataset(opt)

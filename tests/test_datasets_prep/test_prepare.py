@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from fake_raw import make_raw_3task, make_raw_5task  # noqa: E402
-
-import prepare_3task  # noqa: E402
-import prepare_5task  # noqa: E402
-from prep_util import PrepError, crop_boxes  # noqa: E402
+import prepare_3task
+import prepare_5task
+from fake_raw import make_raw_3task, make_raw_5task
+from prep_util import PrepError, crop_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 

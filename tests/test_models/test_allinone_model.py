@@ -163,8 +163,8 @@ class _Loader(list):
 
 
 def test_validation_scores_with_gt_and_saves_images_without(tmp_path):
-    opt = dict(make_opt(tmp_path, TINY), is_train=False, path={'results_root': str(tmp_path / 'res'),
-                                                                 'visualization': str(tmp_path / 'vis')},
+    opt = dict(make_opt(tmp_path, TINY), is_train=False,
+               path={'results_root': str(tmp_path / 'res'), 'visualization': str(tmp_path / 'vis')},
                datasets={'test_1': {}, 'test_2': {}},
                val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'}}})
     model = build_model(opt)

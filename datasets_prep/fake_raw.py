@@ -1,4 +1,8 @@
-"""Tiny raw download trees in the official layouts (synthetic images), with their quirks, for the prep tests."""
+"""Fake raw download trees in the official layouts (synthetic images), with their quirks.
+
+``make_raw_3task`` / ``make_raw_5task``: a few small images per folder (the tests of the preparation scripts).
+``make_raw_sized``: ``count`` images per training set at the public datasets' typical sizes (benchmarks).
+"""
 import os
 from os import path as osp
 
@@ -67,4 +71,26 @@ def make_raw_5task(raw, seed=0):
             for sub in ('low', 'high'):
                 _img(osp.join(raw, f'LOL/{part}/{sub}/{name}.png'), rng, shape=(136, 144) if part == 'our485'
                      else (80, 96))
+    return raw
+
+
+def make_raw_sized(raw, count, seed=0):
+    """``count`` pairs per 3-task training set at typical sizes (BSD400 180², WED ~500×380, Rain100L 321×481,
+    OTS ~413×550) and a few test images; no list files (every image is used)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        _img(osp.join(raw, f'Train/Denoise/{i:05d}.bmp' if i % 2 else f'Train/Denoise/a{i}.jpg'), rng,
+             shape=(380, 500) if i % 2 else (180, 180))
+        _img(osp.join(raw, f'Train/Derain/rainy/rain-{i}.png'), rng, shape=(321, 481))
+        _img(osp.join(raw, f'Train/Derain/gt/norain-{i}.png'), rng, shape=(321, 481))
+        _img(osp.join(raw, f'Train/Dehaze/synthetic/part{i % 4 + 1}/{i // 2:04d}_0.8_0.{i % 2 + 1}.jpg'), rng,
+             shape=(413, 550))
+        if i % 2 == 0:
+            _img(osp.join(raw, f'Train/Dehaze/original/{i // 2:04d}.jpg'), rng, shape=(413, 550))
+    for i in range(2):
+        _img(osp.join(raw, f'test/denoise/bsd68/{i}.png'), rng, shape=(321, 481))
+        _img(osp.join(raw, f'test/derain/Rain100L/input/rain-{i}.png'), rng, shape=(321, 481))
+        _img(osp.join(raw, f'test/derain/Rain100L/target/norain-{i}.png'), rng, shape=(321, 481))
+        _img(osp.join(raw, f'test/dehaze/input/{i:04d}_0.8_0.2.jpg'), rng, shape=(413, 550))
+        _img(osp.join(raw, f'test/dehaze/target/{i:04d}.png'), rng, shape=(413, 550))
     return raw
