@@ -97,14 +97,17 @@ class MDTA(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x):
-        b, c, h, w = x.shape
-        qkv = self.qkv_dwconv(self.qkv(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.unbind(1)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
-        out = attn.softmax(dim=-1) @ v
-        return self.project_out(out.reshape(b, c, h, w))
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        return self.project_out(transposed_attention(q, k, v, self.num_heads, self.temperature))
+
+
+def transposed_attention(q, k, v, num_heads, temperature):
+    """MDTA's attention core on (B, C, H, W) maps: per head, q and k are L2-normalised over pixels, the
+    C/heads × C/heads logits are scaled by ``temperature`` (heads×1×1), and the softmax weights mix v's channels."""
+    b, c, h, w = q.shape
+    q, k, v = (t.reshape(b, num_heads, c // num_heads, h * w) for t in (q, k, v))
+    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * temperature
+    return (attn.softmax(dim=-1) @ v).reshape(b, c, h, w)
 
 
 class GDFN(nn.Module):

@@ -16,8 +16,11 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from ..metrics.routing_accuracy_metric import calculate_routing_accuracy
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
 from .lr_scheduler import SCHEDULERS as _OUR_SCHEDULERS
+
+ROUTING_METRICS = ('calculate_routing_accuracy',)  # scored on the task logits, not on the image
 
 _SCHEDULERS = {
     'MultiStepLR': basicsr_lr_scheduler.MultiStepRestartLR,
@@ -39,6 +42,10 @@ class AllInOneModel(SRModel):
     - ``train.optim_g.type``: any ``torch.optim`` optimizer (AdamW, ...). ``train.scheduler.type``: BasicSR's
       MultiStepLR / MultiStepRestartLR / CosineAnnealingRestartLR, ours (``LinearWarmupCosineLR``) or any
       ``torch.optim.lr_scheduler`` class (stepped once per iteration).
+    - ``train.teacher_forcing_iter``: for archs with task logits, route by the batch's labels (``task_labels``)
+      up to this iteration, then by the archs' own votes (default 0: never). Training logs ``route_acc``.
+    - ``val.metrics`` may include ``type: calculate_routing_accuracy`` (archs with task logits): the share of images
+      whose router vote is the test set's degradation class, a column of the same table.
     - ``train.grad_clip``: max gradient norm (a number, or ``{max_norm, norm_type}``); unset = no clipping.
     - Archs that define ``after_optimizer_step()`` get it called after every optimizer step (on the bare net).
     - ``train.ema_decay``: BasicSR's EMA of the weights (``net_g_ema``, saved as ``params_ema``).
@@ -115,7 +122,12 @@ class AllInOneModel(SRModel):
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
         if self.cri_cls is not None:
-            self.output, task_logits = self.net_g(self.lq, return_task_logits=True)
+            if self.degradation is None:
+                raise KeyError('train.cls_opt needs degradation labels: the train dataset returned no "degradation"')
+            if current_iter <= self.opt['train'].get('teacher_forcing_iter', 0):  # route by the labels
+                self.output, task_logits = self.net_g(self.lq, return_task_logits=True, task_labels=self.degradation)
+            else:
+                self.output, task_logits = self.net_g(self.lq, return_task_logits=True)
         else:
             self.output = self.net_g(self.lq)
 
@@ -130,8 +142,6 @@ class AllInOneModel(SRModel):
                 if value is not None:
                     loss_dict[name] = value
         if self.cri_cls is not None:
-            if self.degradation is None:
-                raise KeyError('train.cls_opt needs degradation labels: the train dataset returned no "degradation"')
             loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
         l_total = sum(loss_dict.values())
         l_total.backward()
@@ -143,8 +153,33 @@ class AllInOneModel(SRModel):
         if hasattr(bare, 'after_optimizer_step'):
             bare.after_optimizer_step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.cri_cls is not None:  # share of the batch whose router vote is right (logged, not a loss)
+            self.log_dict['route_acc'] = calculate_routing_accuracy(
+                [lg.detach() for lg in task_logits], self.degradation)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def model_ema(self, decay=0.999):
+        """BasicSR's EMA of the parameters, plus the same EMA of floating-point buffers (e.g. DaAIR's controllers,
+        which BasicSR's version would leave at their initial values in ``net_g_ema``)."""
+        super().model_ema(decay)
+        ema_buffers = dict(self.net_g_ema.named_buffers())
+        with torch.no_grad():
+            for name, buf in self.get_bare_model(self.net_g).named_buffers():
+                if name in ema_buffers and buf.is_floating_point():
+                    ema_buffers[name].mul_(decay).add_(buf, alpha=1 - decay)
+
+    def test(self):
+        """Inference (net_g_ema if present) in eval mode; archs with task logits also give ``self.task_logits``."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            if getattr(self.get_bare_model(net), 'has_task_logits', False):
+                self.output, self.task_logits = net(self.lq, return_task_logits=True)
+            else:
+                self.output, self.task_logits = net(self.lq), None
+        net.train(was_training)
 
     # ------------------------------------------------------------------ saving
     @master_only
@@ -200,6 +235,9 @@ class AllInOneModel(SRModel):
                 scored += 1
                 lq = self.lq.detach().cpu()
                 for name, metric_opt in metrics.items():
+                    if metric_opt.get('type') in ROUTING_METRICS:
+                        sums[name] += self._routing_score(name, metric_opt)
+                        continue
                     sums[name] += calculate_metric({'img': output, 'img2': gt}, metric_opt)
                     if score_input:
                         input_sums[name] += calculate_metric({'img': lq, 'img2': gt}, metric_opt)
@@ -217,11 +255,20 @@ class AllInOneModel(SRModel):
             return
         self.metric_results = {name: value / scored for name, value in sums.items()}
         if score_input:
-            self._input_scores[dataset_name] = {name: value / scored for name, value in input_sums.items()}
+            self._input_scores[dataset_name] = {name: value / scored for name, value in input_sums.items()
+                                                if metrics[name].get('type') not in ROUTING_METRICS}
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         self._add_table_row(current_iter, dataset_name, dataset_opt, scored)
+
+    def _routing_score(self, name, metric_opt):
+        if self.task_logits is None:
+            raise ValueError(f'val.metrics.{name}: {metric_opt["type"]} needs an arch with task logits; '
+                             f'{self.opt["network_g"]["type"]} has none')
+        if self.degradation is None:
+            raise ValueError(f'val.metrics.{name}: the val/test dataset returns no "degradation" label')
+        return calculate_metric({'task_logits': self.task_logits, 'degradation': self.degradation}, metric_opt)
 
     def _add_table_row(self, current_iter, dataset_name, dataset_opt, count):
         """Collect one row per val/test set; once every set of this round is in, log and write the table."""
@@ -260,7 +307,8 @@ def format_metric_table(rows):
 
     def fmt(key, value):
         if isinstance(value, float):
-            return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.2f}'
+            return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.3f}' if 'acc' in key.lower() else \
+                f'{value:.2f}'
         return str(value)
 
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]

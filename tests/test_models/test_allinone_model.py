@@ -87,7 +87,8 @@ def test_task_logits_loss_and_step_hook(tmp_path):
     model.feed_data(data)
     model.optimize_parameters(1)
     model.optimize_parameters(2)
-    assert set(model.log_dict) == {'l_pix', 'l_fft', 'l_cls'}
+    assert set(model.log_dict) == {'l_pix', 'l_fft', 'l_cls', 'route_acc'}  # route_acc is logged, not summed
+    assert model.log_dict['route_acc'] in (0.0, 0.5, 1.0)
     assert model.net_g.steps == 2
     model.test()
     assert model.output.shape == data['lq'].shape  # inference returns the image alone
