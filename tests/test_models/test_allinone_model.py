@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from allinone_basicsr.metrics.routing_accuracy_metric import calculate_routing_accuracy
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
@@ -179,3 +180,57 @@ def test_validation_scores_with_gt_and_saves_images_without(tmp_path):
     model.validation(_Loader([{'lq': lq, 'lq_path': ['b.png']}], 'no_gt'), 'run', None, save_img=True)
     assert (tmp_path / 'vis' / 'no_gt' / 'b_unit.png').is_file()
     assert 'no_gt' not in (tmp_path / 'res' / 'metrics.csv').read_text()
+
+
+TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_blocks': [1, 1, 1],
+              'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2], 'rank_ratio': 4, 'expert_kernel_size': 3}
+
+
+def test_daair_teacher_forcing_controller_step_and_ema_of_buffers(tmp_path):
+    opt = make_opt(tmp_path, TINY_DAAIR, cls_opt={'type': 'TaskClassificationLoss', 'loss_weight': 0.01},
+                   teacher_forcing_iter=1, ema_decay=0.5)
+    model = build_model(opt)
+    net = model.net_g
+    in_optimizer = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert in_optimizer == {id(p) for p in net.parameters()} and not in_optimizer & {id(b) for b in net.buffers()}
+    routed = []
+    net.encoders[0][0].dale.register_forward_pre_hook(lambda m, args: routed.append(args[1]))
+    data = batch()
+    model.feed_data(data)
+    ctrl = net.decoders[0][0].controller.down.weight
+    ctrl_before, enc = ctrl.clone(), net.encoders[0][0].dale.agnostic.down.weight
+    ema_before = dict(model.net_g_ema.named_buffers())['decoders.0.0.controller.down.weight'].clone()
+    model.optimize_parameters(1)  # teacher-forced: the DaLe gets the labels
+    assert torch.equal(routed[-1], data['degradation'])
+    assert torch.allclose(ctrl, 0.999 * ctrl_before + 0.001 * enc.detach(), atol=1e-7)  # after the step
+    ema_after = dict(model.net_g_ema.named_buffers())['decoders.0.0.controller.down.weight']
+    assert torch.allclose(ema_after, 0.5 * ema_before + 0.5 * ctrl, atol=1e-7)
+    assert set(model.log_dict) == {'l_pix', 'l_fft', 'l_cls', 'route_acc'}
+    model.optimize_parameters(2)  # after teacher_forcing_iter: the routers decide
+    assert routed[-1] is None
+
+
+def test_routing_accuracy_is_a_column_of_the_table(tmp_path):
+    opt = dict(make_opt(tmp_path, TINY_DAAIR), is_train=False,
+               path={'results_root': str(tmp_path / 'res'), 'visualization': str(tmp_path / 'vis')},
+               datasets={'test_1': {}},
+               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'},
+                                               'routing_acc': {'type': 'calculate_routing_accuracy'}}})
+    model = build_model(opt)
+    torch.manual_seed(0)
+    gts = [torch.rand(1, 3, 16, 16) for _ in range(4)]
+    samples = [{'lq': g, 'gt': g, 'lq_path': [f'{i}.png'], 'degradation': torch.tensor([2])} for i, g in enumerate(gts)]
+    votes = []
+    for s in samples:
+        with torch.no_grad():
+            votes.append(int(calculate_routing_accuracy(model.net_g(s['lq'], return_task_logits=True)[1],
+                                                        torch.tensor([2]))))
+    model.validation(_Loader(samples, 'haze_set'), 'run', None, save_img=False)
+    header, row = (tmp_path / 'res' / 'metrics.csv').read_text().splitlines()[:2]
+    assert header == 'test_set,degradation,images,input_psnr,psnr,gain_psnr,routing_acc'
+    assert float(row.split(',')[-1]) == pytest.approx(sum(votes) / 4)
+    assert 'routing_acc' in (tmp_path / 'res' / 'metrics.md').read_text()
+
+    opt['network_g'] = TINY  # an arch without task logits: a clear error
+    with pytest.raises(ValueError, match='calculate_routing_accuracy needs an arch with task logits; SymUNet'):
+        build_model(opt).validation(_Loader(samples, 'haze_set'), 'run', None, save_img=False)
