@@ -3,10 +3,10 @@ import subprocess
 import sys
 
 EXPECTED = {
-    'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR'],
+    'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR'],
     'DATASET_REGISTRY': ['MixedDegradationDataset', 'AllInOneTestDataset'],
-    'LOSS_REGISTRY': ['FFTLoss', 'L1Loss'],
-    'METRIC_REGISTRY': ['calculate_psnr_aio', 'calculate_ssim_aio'],
+    'LOSS_REGISTRY': ['FFTLoss', 'L1Loss', 'TaskClassificationLoss'],
+    'METRIC_REGISTRY': ['calculate_psnr_aio', 'calculate_ssim_aio', 'calculate_routing_accuracy'],
     'MODEL_REGISTRY': ['AllInOneModel'],
 }
 
