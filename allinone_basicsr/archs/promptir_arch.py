@@ -10,8 +10,7 @@ from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .restormer_blocks import (Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_to, pad_to_multiple,
-                               transformer_stage)
+from .restormer_blocks import Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_to, pad_to_multiple
 
 
 class PromptGenBlock(nn.Module):
@@ -31,9 +30,13 @@ class PromptGenBlock(nn.Module):
         self.linear_layer = nn.Linear(lin_dim, prompt_len)
         self.conv3x3 = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, channel_gate=None):
+        """``channel_gate`` (B, prompt_dim), optional: scales the prompt's channels per sample before the 3×3 conv
+        (PromptDSANet's prompt information; PromptIR has none)."""
         weights = F.softmax(self.linear_layer(x.mean(dim=(-2, -1))), dim=1)  # (B, prompt_len)
         prompt = torch.einsum('bl,lchw->bchw', weights, self.prompt_param[0])
+        if channel_gate is not None:  # per-sample channel scale: commutes with the bilinear resize
+            prompt = prompt * channel_gate[:, :, None, None]
         prompt = F.interpolate(prompt, x.shape[-2:], mode='bilinear')
         return self.conv3x3(prompt)
 
@@ -90,14 +93,10 @@ class PromptIR(nn.Module):
         if len(num_blocks) != 4 or len(heads) != 4 or len(prompt_dims) != 3 or len(prompt_sizes) != 3:
             raise ValueError('PromptIR: num_blocks and heads need 4 entries, prompt_dims and prompt_sizes 3')
         self.decoder = decoder
+        self._block_opt = dict(ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type)
         p1, p2, p3 = prompt_dims
         c1, c2, c3, c4 = dim, dim * 2, dim * 4, dim * 8
-
-        def stage(num, channels, num_heads):
-            return transformer_stage(num, channels, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
-
-        def block(channels, num_heads):
-            return TransformerBlock(channels, num_heads, ffn_expansion_factor, bias, LayerNorm_type)
+        stage, block = self._stage, self._block
 
         def conv1x1(cin, cout):
             return nn.Conv2d(cin, cout, kernel_size=1, bias=bias)
@@ -106,13 +105,14 @@ class PromptIR(nn.Module):
         self.prompt1 = PromptGenBlock(p1, prompt_len, prompt_sizes[0], lin_dim=c2)
         self.prompt2 = PromptGenBlock(p2, prompt_len, prompt_sizes[1], lin_dim=c3)
         self.prompt3 = PromptGenBlock(p3, prompt_len, prompt_sizes[2], lin_dim=c4)
-        # In the official state dict but never used by its forward (kept so official checkpoints load strictly).
-        self.chnl_reduce1 = conv1x1(p1, p1)
-        self.chnl_reduce2 = conv1x1(p2, p2)
-        self.chnl_reduce3 = conv1x1(p3, p3 * 4 // 5)
-        self.reduce_noise_channel_1 = conv1x1(c1 + p1, c1)
-        self.reduce_noise_channel_2 = conv1x1(c2 + p2, c2)
-        self.reduce_noise_channel_3 = conv1x1(c3 + p3 * 4 // 5, c3)
+        if self.official_unused_layers:
+            # In the official state dict but never used by its forward (kept so official checkpoints load strictly).
+            self.chnl_reduce1 = conv1x1(p1, p1)
+            self.chnl_reduce2 = conv1x1(p2, p2)
+            self.chnl_reduce3 = conv1x1(p3, p3 * 4 // 5)
+            self.reduce_noise_channel_1 = conv1x1(c1 + p1, c1)
+            self.reduce_noise_channel_2 = conv1x1(c2 + p2, c2)
+            self.reduce_noise_channel_3 = conv1x1(c3 + p3 * 4 // 5, c3)
 
         self.encoder_level1 = stage(num_blocks[0], c1, heads[0])
         self.down1_2 = Downsample(c1)
@@ -142,27 +142,40 @@ class PromptIR(nn.Module):
         self.refinement = stage(num_refinement_blocks, c2, heads[0])
         self.output = nn.Conv2d(c2, out_channels, kernel_size=3, padding=1, bias=bias)
 
-    def _prompt(self, x, gen, block, reduce):
-        """Prompt generation + interaction at one decoder level."""
-        return reduce(block(torch.cat([x, gen(x)], 1)))
+    # Hooks for archs built on this layout (PromptDSANet): the block type, the unused official layers, the prompt step.
+    official_unused_layers = True
 
-    def forward(self, inp_img):
-        h, w = inp_img.shape[-2:]
-        inp = pad_to_multiple(inp_img, 8)
+    def _block(self, channels, num_heads):
+        return TransformerBlock(channels, num_heads, **self._block_opt)
+
+    def _stage(self, num, channels, num_heads):
+        return nn.Sequential(*[self._block(channels, num_heads) for _ in range(num)])
+
+    def _prompt(self, x, level, channel_gate=None):
+        """Prompt generation + interaction at decoder step ``level`` (3 = latent, 2, 1)."""
+        names = ('prompt', 'noise_level', 'reduce_noise_level')
+        gen, block, reduce = (getattr(self, f'{name}{level}') for name in names)
+        return reduce(block(torch.cat([x, gen(x, channel_gate)], 1)))
+
+    def restore(self, inp, channel_gates=(None, None, None)):
+        """The U-Net on an input whose sides are multiples of 8; ``channel_gates`` for prompt steps 1, 2, 3."""
         enc1 = self.encoder_level1(self.patch_embed(inp))
         enc2 = self.encoder_level2(self.down1_2(enc1))
         enc3 = self.encoder_level3(self.down2_3(enc2))
         latent = self.latent(self.down3_4(enc3))
 
-        x = self._prompt(latent, self.prompt3, self.noise_level3, self.reduce_noise_level3)
+        x = self._prompt(latent, 3, channel_gates[2])
         x = self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1))
         x = self.decoder_level3(x)
 
-        x = self._prompt(x, self.prompt2, self.noise_level2, self.reduce_noise_level2)
+        x = self._prompt(x, 2, channel_gates[1])
         x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1))
         x = self.decoder_level2(x)
 
-        x = self._prompt(x, self.prompt1, self.noise_level1, self.reduce_noise_level1)
+        x = self._prompt(x, 1, channel_gates[0])
         x = self.decoder_level1(torch.cat([self.up2_1(x), enc1], 1))
-        x = self.output(self.refinement(x)) + inp
-        return crop_to(x, h, w)
+        return self.output(self.refinement(x)) + inp
+
+    def forward(self, inp_img):
+        h, w = inp_img.shape[-2:]
+        return crop_to(self.restore(pad_to_multiple(inp_img, 8)), h, w)
