@@ -17,7 +17,9 @@ RAW is the folder of unpacked downloads, laid out as the PromptIR / SymUNet repo
 Output (BasicSR LMDBs with meta_info.txt; LQ and GT LMDBs of a task share keys):
     datasets/train/denoise_gt.lmdb, rain_{lq,gt}.lmdb, haze_{lq,gt}.lmdb (+ haze_lq.lmdb/gt_keys.txt: each hazy
     image's clean key, so the clean photos are stored once), datasets/test/bsd68.lmdb, rain100l_{lq,gt}.lmdb,
-    sots_outdoor_{lq,gt}.lmdb; and datasets/prepare_3task_summary.md.
+    sots_outdoor_{lq,gt}.lmdb; and datasets/prepare_3task_summary.md. Two key lists serve PromptDSANet's smaller
+    protocol (``meta_info_file``): denoise_gt.lmdb/bsd400_keys.txt (the BSD400 images) and
+    haze_lq.lmdb/ots800_keys.txt (800 evenly spaced OTS pairs).
 """
 import argparse
 import os
@@ -29,6 +31,7 @@ from prep_util import (Job, PrepError, Unit, add_arguments, add_pairs, add_singl
 
 EXPECTED = {'denoise': 5144, 'derain': 200, 'dehaze': 72135, 'bsd68': 68, 'rain100l': 100, 'sots': 500}
 BSD_ID = re.compile(r'^a(\d+)$')
+OTS_SUBSET = 800
 
 
 def denoise_key(stem):
@@ -46,6 +49,10 @@ def denoise_job(raw):
         by_key = {denoise_key(osp.splitext(f)[0]): f for f in files}
         files = select_listed(job, list_path, [osp.basename(n) for n in listed], files, folder,
                               lambda n: n if n in by_key.values() else by_key.get(denoise_key(osp.splitext(n)[0])))
+    # BSD400 (JPEG) vs WED (BMP): PromptDSANet's protocol trains on BSD400 alone (meta_info_file: bsd400_keys.txt)
+    bsd400 = sorted((denoise_key(osp.splitext(f)[0]) for f in files if osp.splitext(f)[1].lower() in ('.jpg', '.jpeg')),
+                    key=natural_key)
+    job.extra = {0: {'bsd400_keys.txt': ''.join(f'{k}\n' for k in bsd400)}}
     return add_singles(job, folder, files, key_of=lambda f: denoise_key(osp.splitext(f)[0]))
 
 
@@ -92,7 +99,10 @@ def haze_train_job(raw):
         gt_keys.append(f'{stem} {clean_id}')
     fail_unpaired(unpaired, 'synthetic/partK/<id>_<A>_<beta>.jpg -> original/<id>.jpg', synthetic)
     job.found = len(job.units)
-    job.extra = {0: {'gt_keys.txt': '\n'.join(gt_keys) + '\n'}}
+    # PromptDSANet's protocol trains on 800 OTS pairs (which ones is unpublished): every n-th listed pair, fixed
+    step = max(1, len(gt_keys) / OTS_SUBSET)
+    subset = [gt_keys[int(i * step)].split()[0] for i in range(min(OTS_SUBSET, len(gt_keys)))]
+    job.extra = {0: {'gt_keys.txt': '\n'.join(gt_keys) + '\n', 'ots800_keys.txt': ''.join(f'{k}\n' for k in subset)}}
     return job
 
 

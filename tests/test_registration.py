@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 EXPECTED = {
-    'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR'],
+    'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR', 'PromptDSANet'],
     'DATASET_REGISTRY': ['MixedDegradationDataset', 'AllInOneTestDataset'],
     'LOSS_REGISTRY': ['FFTLoss', 'L1Loss', 'TaskClassificationLoss'],
     'METRIC_REGISTRY': ['calculate_psnr_aio', 'calculate_ssim_aio', 'calculate_routing_accuracy'],

@@ -40,6 +40,12 @@ def _read_meta_info(meta_file, where):
         return [line.split()[0] for line in f if line.strip()]
 
 
+def strip_image_extension(name):
+    """``'0025_0.8_0.04.png'`` -> ``'0025_0.8_0.04'``; a name without an image extension is kept whole."""
+    stem, ext = osp.splitext(name)
+    return stem if ext.lower() in IMG_EXTENSIONS else name
+
+
 def list_source(root, where, meta_info_file=None):
     """List the images of one data source.
 
@@ -60,7 +66,8 @@ def list_source(root, where, meta_info_file=None):
     if is_lmdb:
         meta = meta_info_file or osp.join(root, 'meta_info.txt')
         for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
-            entries[osp.splitext(name)[0]] = osp.splitext(name)[0]
+            key = strip_image_extension(name)  # keys may hold dots (RESIDE: 0025_0.8_0.04)
+            entries[key] = key
     elif meta_info_file:
         files = {osp.splitext(v)[0]: v for v in os.listdir(root)}
         for name in _read_meta_info(meta_info_file, f'{where}: meta_info_file'):

@@ -400,3 +400,10 @@ def test_gt_key_map_shares_gt_images(data, tmp_path):
     mapping.write_text('h1 img_a\n')
     with pytest.raises(ValueError, match=r"LQ key 'h2' is not in .*gt_keys.txt"):
         MixedDegradationDataset(opt)
+
+
+def test_meta_info_keys_with_dots_keep_their_dots():
+    from allinone_basicsr.data.mixed_degradation_dataset import strip_image_extension
+    assert strip_image_extension('0025_0.8_0.04.png') == '0025_0.8_0.04'
+    assert strip_image_extension('0025_0.8_0.04') == '0025_0.8_0.04'  # a bare key (subset lists)
+    assert strip_image_extension('a.JPG') == 'a'

@@ -84,6 +84,9 @@ def test_haze_pairs_share_clean_images(prepared):
     assert np.array_equal(lq['0002_1_0.1'], src(root / 'raw/Train/Dehaze/synthetic/part2/0002_1_0.1.jpg'))
     assert np.array_equal(gt['0001'], src(root / 'raw/Train/Dehaze/original/0001.jpg'))
     assert 'not listed in hazy_outside.txt' in table
+    # PromptDSANet's protocol lists: BSD400 keys (JPEG sources) and an evenly spaced subset of at most 800 OTS pairs
+    assert (root / 'datasets/train/denoise_gt.lmdb/bsd400_keys.txt').read_text().split() == ['100', '101', '102']
+    assert (root / 'datasets/train/haze_lq.lmdb/ots800_keys.txt').read_text().split() == sorted(lq)
 
 
 def test_test_sets(prepared):
@@ -185,7 +188,8 @@ def test_full_option_files_read_the_prepared_data(prepared, monkeypatch):
     from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
     root, _ = prepared
     monkeypatch.chdir(root)  # the option files' paths are relative to the working directory
-    for option_file in ('train_symunet.yml', 'train_symunet_5task.yml', 'train_promptir_5task.yml'):
+    for option_file in ('train_symunet.yml', 'train_symunet_5task.yml', 'train_promptir_5task.yml',
+                        'train_promptdsanet.yml'):  # the last uses the BSD400 and OTS-800 key lists
         opt = _load(option_file)
         train = MixedDegradationDataset(dict(opt['datasets']['train'], phase='train'))
         seen = set()
