@@ -163,7 +163,7 @@ class PromptNet(nn.Module):
 class PromptDSANet(PromptIR):
     """PromptDSANet (defaults: ``shared/specs/promptdsanet.md``; dim 48 gives the PromptIR-sized restorer).
 
-    Args (PromptIR's, plus):
+    Args (PromptIR's options — dim, num_blocks, heads, ... — plus):
         prompt_dims (list[int] | None): Prompt channels at decoder steps 1, 2, 3. Default None: PromptIR's
             [64, 128, 320] scaled by dim/48 and rounded to a multiple of 4 (the PIM heads), so small configs stay small.
         num_classes (int): Degradation classes = logit columns. Default: 3.
@@ -178,29 +178,19 @@ class PromptDSANet(PromptIR):
     official_unused_layers = False
 
     def __init__(self,
-                 inp_channels=3,
-                 out_channels=3,
-                 dim=48,
-                 num_blocks=(4, 6, 6, 8),
-                 num_refinement_blocks=4,
-                 heads=(1, 2, 4, 8),
-                 ffn_expansion_factor=2.66,
-                 bias=False,
-                 LayerNorm_type='WithBias',
                  prompt_dims=None,
-                 prompt_sizes=(64, 32, 16),
-                 prompt_len=5,
                  num_classes=3,
                  prompt_net='resnet50',
                  prompt_net_pretrained=None,
                  spatial_attention=True,
                  spatial_window=None,
-                 pim_conv=True):
+                 pim_conv=True,
+                 **promptir_opt):
+        dim, bias = promptir_opt.get('dim', 48), promptir_opt.get('bias', False)
         if prompt_dims is None:
             prompt_dims = [max(4, round(p * dim / 48 / 4) * 4) for p in (64, 128, 320)]
         self._dsa_opt = dict(spatial=spatial_attention, spatial_window=spatial_window)
-        super().__init__(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
-                         ffn_expansion_factor, bias, LayerNorm_type, True, prompt_dims, prompt_sizes, prompt_len)
+        super().__init__(prompt_dims=prompt_dims, **promptir_opt)
         self.prompt_dims = list(prompt_dims)
         self.has_task_logits = prompt_net is not None
         widths = (dim * 2, dim * 4, dim * 4)  # output widths of prompt steps 1, 2, 3

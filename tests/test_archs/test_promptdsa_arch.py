@@ -161,3 +161,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
     q = torch.randn(1, 1, 16, 64).transpose(-2, -1)  # non-unit last-dim stride
     with pytest.raises(RuntimeError), sdpa_kernel(LINEAR_MEMORY_KERNELS):
         F.scaled_dot_product_attention(q, q, q)
+
+
+def test_unknown_option_lists_own_and_promptir_options():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['window'\]") as err:
+        PromptDSANet(window=8)
+    for option in ('spatial_window', 'prompt_net_pretrained', 'dim', 'num_blocks', 'prompt_sizes'):
+        assert f"'{option}'" in str(err.value)
