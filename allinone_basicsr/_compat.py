@@ -17,6 +17,7 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
 import os
 import sys
 import types
+import warnings
 
 _APPLIED = False
 _LMDB_ENVS = {}
@@ -40,28 +41,38 @@ def _load_resume_state(opt):
     import torch
     from basicsr.utils import check_resume, scandir
 
-    resume_state_path = None
-    if opt['auto_resume']:
-        state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
-        if os.path.isdir(state_path):
-            states = list(scandir(state_path, suffix='state', recursive=False, full_path=False))
-            if states:
-                last = max(int(float(v.split('.state')[0])) for v in states)
-                resume_state_path = os.path.join(state_path, f'{last}.state')
-                opt['path']['resume_state'] = resume_state_path
-    elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-
-    if resume_state_path is None:
-        return None
-    if not os.path.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
     if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
         device_id = torch.cuda.current_device()
         location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
     else:
         location = 'cpu'
-    resume_state = torch.load(resume_state_path, map_location=location)
+
+    if opt['auto_resume']:
+        # newest first; a state (or its checkpoint) that cannot be read is skipped with a warning
+        state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
+        states = list(scandir(state_path, suffix='state', recursive=False, full_path=False)) \
+            if os.path.isdir(state_path) else []
+        for it in sorted((int(float(v.split('.state')[0])) for v in states), reverse=True):
+            path = os.path.join(state_path, f'{it}.state')
+            model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
+            try:
+                resume_state = torch.load(path, map_location=location, weights_only=True)
+                torch.load(model_path, map_location='cpu', weights_only=True)
+            except Exception as error:  # truncated or corrupt: fall back to the one before
+                warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
+                              f'({type(error).__name__}: {error}); trying the previous one')
+                continue
+            opt['path']['resume_state'] = path
+            check_resume(opt, resume_state['iter'])
+            return resume_state
+        return None
+
+    resume_state_path = opt['path'].get('resume_state')
+    if not resume_state_path:
+        return None
+    if not os.path.isfile(resume_state_path):
+        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
+    resume_state = torch.load(resume_state_path, map_location=location, weights_only=True)
     check_resume(opt, resume_state['iter'])
     return resume_state
 

@@ -1,13 +1,147 @@
-"""Train with BasicSR's own pipeline, this plugin registered; outputs go under the working directory.
+"""Train with BasicSR's pipeline pieces, this plugin registered; outputs go under the working directory.
 
     python -m allinone_basicsr.train -opt options/train_symunet.yml [--auto_resume] [--launcher pytorch]
     allinone-train -opt ...                     (console script)
     python allinone_basicsr/train.py -opt ...   (as Real-ESRGAN's entry file)
+
+The loop is BasicSR's ``train_pipeline`` (same options, logs, checkpoints, validation) with what exact resumption
+needs: a sampler that gives every sample its own seed and can start an epoch mid-way, so a run resumed from the
+training state of iteration k continues with the same batches, crops and noise as the uninterrupted run (and,
+on CPU, reaches the same weights bit for bit); RNG states travel in the training state (``AllInOneModel``).
+Distributed runs check at the end that every rank holds the same weights.
 """
+import datetime
+import logging
 import os
+import time
+from os import path as osp
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from basicsr.train import train_pipeline
+import torch
+from allinone_basicsr._compat import _load_resume_state
+from allinone_basicsr.data.samplers import ResumableSampler
+from basicsr.data import build_dataloader
+from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
+from basicsr.models import build_model
+from basicsr.train import create_train_val_dataloader, init_tb_loggers
+from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
+                           mkdir_and_rename)
+from basicsr.utils.options import copy_opt_file, dict2str, parse_options
+
+
+def _resumable_loader(opt, train_loader):
+    """Rebuild BasicSR's train loader around a ResumableSampler (same order, per-sample seeds)."""
+    dataset_opt = opt['datasets']['train']
+    sampler = ResumableSampler(train_loader.dataset, opt['world_size'], opt['rank'],
+                               dataset_opt.get('dataset_enlarge_ratio', 1), seed=opt['manual_seed'])
+    loader = build_dataloader(train_loader.dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                              sampler=sampler, seed=opt['manual_seed'])
+    return loader, sampler
+
+
+def _prefetcher(opt, loader):
+    mode = opt['datasets']['train'].get('prefetch_mode')
+    if mode in (None, 'cpu'):
+        return CPUPrefetcher(loader)
+    if mode == 'cuda':
+        if opt['datasets']['train'].get('pin_memory') is not True:
+            raise ValueError('datasets.train.prefetch_mode: cuda needs pin_memory: true')
+        return CUDAPrefetcher(loader, opt)
+    raise ValueError(f"datasets.train.prefetch_mode {mode!r} is not one of: ~, 'cpu', 'cuda'")
+
+
+def check_ranks_agree(model, logger):
+    """Distributed: every rank must end with the same weights (a float64 checksum per tensor, gathered)."""
+    import torch.distributed as dist
+    net = model.get_bare_model(model.net_g)
+    sums = torch.stack([p.detach().double().sum() for p in net.state_dict().values() if p.is_floating_point()])
+    gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    if not all(torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError('distributed training ended with different weights on different ranks')
+    logger.info(f'Weights identical on all {len(gathered)} ranks.')
+
+
+def train_pipeline(root_path):
+    opt, args = parse_options(root_path, is_train=True)
+    opt['root_path'] = root_path
+    torch.backends.cudnn.benchmark = True
+    resume_state = _load_resume_state(opt)
+    if resume_state is None:
+        make_exp_dirs(opt)
+        if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
+            mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
+    copy_opt_file(args.opt, opt['path']['experiments_root'])
+    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+    tb_logger = init_tb_loggers(opt)
+
+    train_loader, _, val_loaders, _, total_iters = create_train_val_dataloader(opt, logger)
+    train_loader, sampler = _resumable_loader(opt, train_loader)
+    batch_size = opt['datasets']['train']['batch_size_per_gpu']
+    iters_per_epoch = sampler.num_samples // batch_size  # drop_last
+    if iters_per_epoch == 0:
+        raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank are fewer than batch_size_per_gpu '
+                         f'{batch_size}: raise dataset_enlarge_ratio or lower the batch size')
+
+    model = build_model(opt)
+    epoch, current_iter = 0, 0
+    if resume_state:
+        model.resume_training(resume_state)  # optimizers, schedulers, RNG states
+        epoch, current_iter = resume_state['epoch'], resume_state['iter']
+        sampler.skip = min(sampler.num_samples, max(0, current_iter - epoch * iters_per_epoch) * batch_size)
+        logger.info(f'Resuming training from epoch: {epoch}, iter: {current_iter}. '
+                    f'The epoch continues at sample {sampler.skip}.')
+    msg_logger = MessageLogger(opt, current_iter, tb_logger)
+    prefetcher = _prefetcher(opt, train_loader)
+
+    logger.info(f'Start training from epoch: {epoch}, iter: {current_iter}')
+    data_timer, iter_timer = AvgTimer(), AvgTimer()
+    start_time = time.time()
+    first_iter = current_iter + 1
+    while current_iter < total_iters:
+        sampler.set_epoch(epoch)
+        prefetcher.reset()
+        train_data = prefetcher.next()
+        while train_data is not None and current_iter < total_iters:
+            data_timer.record()
+            current_iter += 1
+            model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
+            model.feed_data(train_data)
+            model.optimize_parameters(current_iter)
+            iter_timer.record()
+            if current_iter == first_iter:
+                msg_logger.reset_start_time()
+            if current_iter % opt['logger']['print_freq'] == 0:
+                log_vars = {'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate(),
+                            'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()}
+                log_vars.update(model.get_current_log())
+                msg_logger(log_vars)
+            if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
+                logger.info('Saving models and training states.')
+                model.save(epoch, current_iter)
+            if opt.get('val') is not None and current_iter % opt['val']['val_freq'] == 0:
+                for val_loader in val_loaders:
+                    model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
+            data_timer.start()
+            iter_timer.start()
+            train_data = prefetcher.next()
+        if current_iter < total_iters:
+            sampler.skip = 0
+            epoch += 1
+
+    logger.info(f'End of training. Time consumed: {datetime.timedelta(seconds=int(time.time() - start_time))}')
+    logger.info('Save the latest model.')
+    model.save(epoch=-1, current_iter=-1)
+    if opt['dist']:
+        check_ranks_agree(model, logger)
+    if opt.get('val') is not None:
+        for val_loader in val_loaders:
+            model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
+    if tb_logger:
+        tb_logger.close()
 
 
 def main():

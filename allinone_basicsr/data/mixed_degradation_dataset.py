@@ -11,6 +11,7 @@ Images are handled as uint8 RGB until the end and returned as float32 RGB CHW te
 import bisect
 import copy
 import os
+import random
 from os import path as osp
 
 import cv2
@@ -318,6 +319,10 @@ class MixedDegradationDataset(data.Dataset):
         return task, task['keys'][(index - self.offsets[t]) % len(task['keys'])]
 
     def __getitem__(self, index):
+        if isinstance(index, (tuple, list)):  # (index, seed) from ResumableSampler: this sample's own randomness
+            index, seed = index
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
         task, key = self.locate(index)
         gt_path = task['gt'][task['gt_key'][key] if 'gt_key' in task else key]
         img_gt = self.reader.read(gt_path, task['gt_client'])

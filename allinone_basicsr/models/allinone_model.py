@@ -1,10 +1,12 @@
 """AllInOneModel: BasicSR's SRModel with the all-in-one training and evaluation protocol."""
 import csv
 import os
+import random
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -67,6 +69,7 @@ class AllInOneModel(SRModel):
 
     def init_training_settings(self):
         super().init_training_settings()
+        self._nonfinite_streak = 0
         train_opt = self.opt['train']
         logger = get_root_logger()
         self.cri_fft = build_loss(train_opt['fft_opt']).to(self.device) if train_opt.get('fft_opt') else None
@@ -117,6 +120,7 @@ class AllInOneModel(SRModel):
     # ------------------------------------------------------------------ training
     def feed_data(self, data):
         super().feed_data(data)
+        self.lq_path = data.get('lq_path')
         self.degradation = data['degradation'].to(self.device) if 'degradation' in data else None
 
     def optimize_parameters(self, current_iter):
@@ -144,6 +148,8 @@ class AllInOneModel(SRModel):
         if self.cri_cls is not None:
             loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
         l_total = sum(loss_dict.values())
+        if not self._loss_is_finite(l_total, loss_dict, current_iter):
+            return  # step skipped: no backward, no optimizer step, no EMA
         l_total.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
@@ -158,6 +164,28 @@ class AllInOneModel(SRModel):
                 [lg.detach() for lg in task_logits], self.degradation)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _loss_is_finite(self, l_total, loss_dict, current_iter):
+        """A NaN/Inf loss (on any rank) skips the step; ``train.max_nonfinite_steps`` in a row stop the run."""
+        bad = torch.tensor(float(not torch.isfinite(l_total.detach()).item()), device=l_total.device)
+        if self.opt['dist']:
+            torch.distributed.all_reduce(bad)  # every rank skips together, or DDP would hang
+        if bad.item() == 0:
+            self._nonfinite_streak = 0
+            return True
+        self._nonfinite_streak += 1
+        limit = int(self.opt['train'].get('max_nonfinite_steps', 10))
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        keys = [os.path.basename(str(p)) for p in (self.lq_path or [])]
+        get_root_logger().warning(f'Non-finite loss at iteration {current_iter} ({values}); step skipped '
+                                  f'({self._nonfinite_streak} in a row). Batch: {keys}')
+        self.optimizer_g.zero_grad(set_to_none=True)
+        self.log_dict = OrderedDict((k, v) for k, v in values.items())
+        if self._nonfinite_streak >= limit:
+            raise RuntimeError(f'{self._nonfinite_streak} consecutive non-finite losses (train.max_nonfinite_steps: '
+                               f'{limit}), last at iteration {current_iter}: stopping. Lower the learning rate, '
+                               f'enable train.grad_clip, or check the data (batch {keys}).')
+        return False
 
     def model_ema(self, decay=0.999):
         """BasicSR's EMA of the parameters, plus the same EMA of floating-point buffers (e.g. DaAIR's controllers,
@@ -202,8 +230,17 @@ class AllInOneModel(SRModel):
             'iter': current_iter,
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
+            'rng': get_rng_states(),
+            'nonfinite_streak': self._nonfinite_streak,
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        """Optimizers and schedulers (BasicSR), plus the RNG states saved with them."""
+        super().resume_training(resume_state)
+        if 'rng' in resume_state:
+            set_rng_states(resume_state['rng'])
+        self._nonfinite_streak = resume_state.get('nonfinite_streak', 0)
 
     # ------------------------------------------------------------------ validation
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
@@ -289,6 +326,30 @@ class AllInOneModel(SRModel):
         write_metric_table(rows, path, self.opt['name'])
         if len(rows) >= len(expected):
             get_root_logger().info(f'Results of {self.opt["name"]} at {current_iter}:\n' + format_metric_table(rows))
+
+
+def get_rng_states():
+    """torch (CPU and CUDA), numpy and python RNG states, as tensors and ints (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
+                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
+        'python': {'version': py_state[0], 'state': list(py_state[1]), 'gauss_next': py_state[2]},
+    }
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states['torch'])
+    if states.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+    n = states['numpy']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    p = states['python']
+    random.setstate((p['version'], tuple(p['state']), p['gauss_next']))
 
 
 def _average_row(rows):
