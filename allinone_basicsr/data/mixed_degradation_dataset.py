@@ -99,6 +99,22 @@ def pair_sources(lq, gt, where_lq, where_gt):
             raise ValueError(f'{where_gt}: key {key!r} has no LQ image in {where_lq}')
 
 
+# Keys BasicSR itself reads from a dataset's options (loader, sampler, prefetcher, test/val pipelines).
+BASICSR_DATASET_KEYS = ('name', 'type', 'phase', 'scale', 'io_backend', 'batch_size_per_gpu', 'num_worker_per_gpu',
+                        'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers', 'use_shuffle',
+                        'num_prefetch_queue')
+TASK_KEYS = ('name', 'degradation', 'dataroot_gt', 'dataroot_lq', 'noise_sigma', 'repeat', 'meta_info_file',
+             'gt_key_map')
+
+
+def check_option_keys(opt, own, where):
+    """An unknown key (a typo such as ``gt_szie``) is an error that lists the valid ones."""
+    valid = sorted(set(own) | set(BASICSR_DATASET_KEYS))
+    unknown = sorted(set(opt) - set(valid))
+    if unknown:
+        raise ValueError(f'{where}: unknown option(s) {unknown}; valid: {valid}')
+
+
 def read_gt_key_map(map_file, lq, gt, where):
     """``lq_key gt_key`` per line -> {lq key: gt key}; every LQ key must be mapped onto an existing GT key."""
     if not osp.isfile(map_file):
@@ -259,6 +275,7 @@ class MixedDegradationDataset(data.Dataset):
         super(MixedDegradationDataset, self).__init__()
         self.opt = copy.deepcopy(opt)
         where = _where(opt, 'train')
+        check_option_keys(opt, ('degradation_classes', 'tasks', 'gt_size', 'use_hflip', 'use_rot'), where)
         self.degradation_classes = list(opt.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
         self.gt_size = int(opt.get('gt_size', 128))
         self.use_hflip = bool(opt.get('use_hflip', True))
@@ -275,6 +292,9 @@ class MixedDegradationDataset(data.Dataset):
             tw = f'{where}: tasks[{i}]'
             if not isinstance(task, dict):
                 raise ValueError(f'{tw}: expected a dict, got {task!r}')
+            unknown = sorted(set(task) - set(TASK_KEYS))
+            if unknown:
+                raise ValueError(f'{tw}: unknown option(s) {unknown}; valid: {sorted(TASK_KEYS)}')
             name = str(task.get('name', f'task{i}'))
             label = _degradation_index(tw, task.get('degradation'), self.degradation_classes)
             if not task.get('dataroot_gt'):
@@ -384,6 +404,8 @@ class AllInOneTestDataset(data.Dataset):
         super(AllInOneTestDataset, self).__init__()
         self.opt = copy.deepcopy(opt)
         where = _where(opt, 'val')
+        check_option_keys(opt, ('task', 'degradation', 'degradation_classes', 'dataroot_gt', 'dataroot_lq',
+                                'noise_sigma', 'crop_to_multiple', 'meta_info_file'), where)
         self.degradation_classes = list(opt.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
         self.label = _degradation_index(where, opt.get('degradation'), self.degradation_classes)
         self.task = str(opt.get('task', opt.get('name', 'test')))

@@ -115,6 +115,7 @@ class AllInOneModel(SRModel):
         net = self.get_bare_model(net)
         logger.info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}).')
         self._print_different_keys_loading(net, state, strict)
+        check_state_dict_fits(net, state, strict, load_path)
         net.load_state_dict(state, strict=strict)
 
     # ------------------------------------------------------------------ training
@@ -326,6 +327,21 @@ class AllInOneModel(SRModel):
         write_metric_table(rows, path, self.opt['name'])
         if len(rows) >= len(expected):
             get_root_logger().info(f'Results of {self.opt["name"]} at {current_iter}:\n' + format_metric_table(rows))
+
+
+def check_state_dict_fits(net, state, strict, load_path):
+    """A clear error for a checkpoint of another arch or config: name the first mismatching keys and shapes."""
+    own = net.state_dict()
+    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}'
+             for k, v in state.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    if wrong or missing or unexpected:
+        parts = [f'{name} ({len(keys)}): {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                 for name, keys in (('shape mismatch', wrong), ('missing in the checkpoint', missing),
+                                    ('not in the network', unexpected)) if keys]
+        raise ValueError(f'path.pretrain_network_g: {load_path} does not fit {net.__class__.__name__} '
+                         f'(another arch or network_g config?). ' + '; '.join(parts))
 
 
 def get_rng_states():

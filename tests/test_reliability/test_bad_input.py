@@ -1,0 +1,72 @@
+"""Bad input that the data and model tests do not already cover: unknown dataset option keys, a checkpoint of
+another arch, and non-finite losses. (Missing paths, empty LMDB / meta_info, keys missing from an LMDB, corrupt
+images, grey / RGBA / 16-bit images, images smaller than gt_size, two datasets on one LMDB and unknown arch
+options are tested in tests/test_data and tests/test_archs.)"""
+import pytest
+import torch
+
+from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+from basicsr.models import build_model
+
+
+def test_unknown_dataset_option_keys_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['gt_szie'\]; valid: .*'gt_size'"):
+        MixedDegradationDataset({'name': 'x', 'phase': 'train', 'gt_szie': 64, 'tasks': [{}]})
+    with pytest.raises(ValueError, match=r"tasks\[0\]: unknown option\(s\) \['dataroot_hq'\]; valid: .*'dataroot_lq'"):
+        MixedDegradationDataset({'name': 'x', 'phase': 'train', 'tasks': [{'dataroot_hq': 'a'}]})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sigma'\]; valid: .*'noise_sigma'"):
+        AllInOneTestDataset({'name': 'x', 'phase': 'val', 'sigma': 25})
+
+
+def _opt(tmp_path, net, **train):
+    train_opt = {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'total_iter': 10, 'max_nonfinite_steps': 3,
+                 'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'restart_weights': [1]},
+                 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}
+    train_opt.update(train)
+    return {'name': 'bad', 'model_type': 'AllInOneModel', 'num_gpu': 0, 'is_train': True, 'dist': False, 'rank': 0,
+            'world_size': 1, 'network_g': net, 'train': train_opt, 'datasets': {},
+            'path': {'models': str(tmp_path), 'training_states': str(tmp_path), 'experiments_root': str(tmp_path)}}
+
+
+TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1], 'middle_blk_num': 1, 'dec_blk_nums': [1],
+        'restormer_heads': [1], 'restormer_middle_heads': 2}
+
+
+def test_checkpoint_of_another_arch_names_the_first_mismatching_keys(tmp_path):
+    model = build_model(_opt(tmp_path, TINY))
+    model.save_network(model.net_g, 'net_g', 1)
+    other = dict(TINY, width=16)
+    opt = _opt(tmp_path, other)
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'net_g_1.pth')
+    with pytest.raises(ValueError, match=r'does not fit SymUNet .*shape mismatch \(\d+\): intro.weight: checkpoint '
+                                         r'\(8, 3, 3, 3\) vs network \(16, 3, 3, 3\)'):
+        build_model(opt)
+    opt = _opt(tmp_path, {'type': 'PromptIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 0,
+                          'prompt_dims': [8, 8, 8], 'prompt_sizes': [4, 4, 4]})
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'net_g_1.pth')
+    with pytest.raises(ValueError, match=r'missing in the checkpoint \(\d+\): patch_embed.proj.weight'):
+        build_model(opt)
+
+
+def test_nonfinite_loss_skips_the_step_and_stops_after_the_limit(tmp_path, caplog):
+    model = build_model(_opt(tmp_path, TINY))
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    lq = torch.rand(2, 3, 16, 16)
+    lq[0, 0, 0, 0] = float('nan')
+    data = {'lq': lq, 'gt': torch.rand(2, 3, 16, 16), 'lq_path': ['a/bad.png', 'a/ok.png']}
+    model.feed_data(data)
+    with caplog.at_level('WARNING', logger='basicsr'):
+        model.optimize_parameters(5)
+        model.optimize_parameters(6)
+    assert all(torch.equal(v, model.net_g.state_dict()[k]) for k, v in before.items())  # nothing was applied
+    assert "Non-finite loss at iteration 5" in caplog.text and "['bad.png', 'ok.png']" in caplog.text
+    assert not model.optimizer_g.state  # the optimizer never stepped
+    model.feed_data({**data, 'lq': torch.rand(2, 3, 16, 16)})
+    model.optimize_parameters(7)  # a finite step resets the streak
+    assert model._nonfinite_streak == 0
+    model.feed_data(data)
+    model.optimize_parameters(8)
+    model.optimize_parameters(9)
+    with pytest.raises(RuntimeError, match=r'3 consecutive non-finite losses \(train.max_nonfinite_steps: 3\), last '
+                                           r'at iteration 10'):
+        model.optimize_parameters(10)
