@@ -10,6 +10,7 @@ import allinone_basicsr  # noqa: F401  (registers everything before any test imp
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'datasets_prep'))  # the data-preparation scripts are scripts, not a package
+sys.path.insert(0, str(REPO / 'tests'))  # pipeline_util
 SHARED = Path(os.environ.get('ALLINONE_SHARED', REPO.parent / 'shared'))
 
 

@@ -1,25 +1,16 @@
 """End to end through BasicSR's own train/test pipelines (subprocesses, CPU, a tiny SymUNet on demo data):
 train writes checkpoints, --auto_resume continues from the last state, test prints and writes the table."""
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from pipeline_util import run_python as run
 import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1,
             'dec_blk_nums': [1, 1, 1], 'restormer_heads': [1, 2, 4], 'restormer_middle_heads': 8}
-
-
-def run(args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
 
 
 @pytest.fixture(scope='module')

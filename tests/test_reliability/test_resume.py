@@ -1,11 +1,9 @@
 """Exact resume through the training pipeline (subprocesses, CPU): a run interrupted and resumed -- including from
 an earlier state when the newest one is corrupt, and after SIGKILLs -- ends with bit-identical weights."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from pipeline_util import run_python as run
 import torch
 import yaml
 
@@ -14,14 +12,6 @@ TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_bl
               'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2], 'rank_ratio': 4, 'expert_kernel_size': 3,
               'controller_momentum': 0.9}
 TOTAL = 20  # 280 demo samples / batch 20 = 14 iterations per epoch: the runs cross an epoch boundary
-
-
-def run(args, cwd, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS='2')
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check:
-        assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
 
 
 @pytest.fixture(scope='module')
