@@ -6,11 +6,23 @@ import torch
 
 
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash or a kill never leaves
+    half a file under ``path`` (the old file, or none, stays until the new one is complete on disk)."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        try:  # make the rename itself durable
+            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

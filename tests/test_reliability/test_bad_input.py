@@ -70,3 +70,19 @@ def test_nonfinite_loss_skips_the_step_and_stops_after_the_limit(tmp_path, caplo
     with pytest.raises(RuntimeError, match=r'3 consecutive non-finite losses \(train.max_nonfinite_steps: 3\), last '
                                            r'at iteration 10'):
         model.optimize_parameters(10)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    from allinone_basicsr.models import checkpoint_util
+    path = tmp_path / 'net_g_latest.pth'
+    checkpoint_util.atomic_torch_save({'params': {'w': torch.ones(3)}}, str(path))
+
+    def dies_half_way(obj, f):
+        f.write(b'PK\x03\x04 half a file')
+        raise KeyboardInterrupt  # e.g. Ctrl-C or a crash in the middle of torch.save
+
+    monkeypatch.setattr(checkpoint_util.torch, 'save', dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_util.atomic_torch_save({'params': {'w': torch.zeros(3)}}, str(path))
+    assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ['net_g_latest.pth']  # no temporary file left
