@@ -6,9 +6,10 @@ Usage (from the folder holding datasets/, e.g. after `make demo-data`):
     python scripts/kill_resume_check.py -opt options/demo/train_symunet_demo.yml --kills 3 \
         [--force_yml train:total_iter=60 logger:save_checkpoint_freq=10 ...] [--seed 0]
 
-Runs ``<name>_ref`` straight, then ``<name>_kill`` killed --kills times at random points of its run time (each
-resume continues from the newest readable training state), compares the two ``net_g_latest.pth`` and prints the
-largest difference. Exit status 0 when they are equal (the tolerance is 0: CPU runs resume bit-exactly).
+Runs ``<name>_ref`` straight, then ``<name>_kill`` killed --kills times, each at a random moment after it saved
+one more training state (each resume continues from the newest readable training state), compares the two
+``net_g_latest.pth`` and prints the largest difference. Exit status 0 when they are equal (the tolerance is 0:
+CPU runs resume bit-exactly).
 """
 import argparse
 import os
@@ -28,19 +29,29 @@ def train_cmd(opt_file, name, overrides, resume):
     return cmd + (['--auto_resume'] if resume else [])
 
 
+def _states(name):
+    folder = os.path.join('experiments', name, 'training_states')
+    return len(os.listdir(folder)) if os.path.isdir(folder) else 0
+
+
 def run_killed(opt_file, name, overrides, delays, log):
-    """Start, SIGKILL after each delay, resume; finally run to completion. Returns the number of kills done."""
+    """Start; once the run has saved a new training state, SIGKILL it after the next delay; resume; repeat; finally
+    run to completion. Returns the number of kills done."""
     kills = 0
     for delay in delays + [None]:
         proc = subprocess.Popen(train_cmd(opt_file, name, overrides, resume=True), stdout=log, stderr=log)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            print(f'killed after {delay:.1f} s', flush=True)
-            continue
+        if delay is not None:
+            saved = _states(name)
+            while proc.poll() is None and _states(name) == saved:  # wait for progress: a new training state
+                time.sleep(0.2)
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                print(f'killed {delay:.1f} s after training state {_states(name)}', flush=True)
+                continue
+        proc.wait()
         if proc.returncode != 0:
             raise SystemExit(f'{name}: training failed with exit status {proc.returncode} (see {log.name})')
         if delay is not None:
@@ -74,8 +85,8 @@ def main():
             raise SystemExit(f'{ref}: training failed (see {log.name})')
         duration = time.time() - start
         rng = random.Random(args.seed)
-        # kill points spread over the run (each resumed run repeats start-up, so they are drawn per attempt)
-        delays = [rng.uniform(0.35, 0.9) * duration for _ in range(args.kills)]
+        # each kill lands at a random moment after the run has saved one more training state
+        delays = [rng.uniform(0.0, 0.3) * duration / args.kills for _ in range(args.kills)]
         kills = run_killed(args.opt, killed, overrides, delays, log)
     a = torch.load(os.path.join('experiments', ref, 'models', 'net_g_latest.pth'), weights_only=True)['params']
     b = torch.load(os.path.join('experiments', killed, 'models', 'net_g_latest.pth'), weights_only=True)['params']

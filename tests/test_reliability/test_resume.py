@@ -85,4 +85,5 @@ def test_sigkill_at_random_points_then_resume_matches(workdir):
                 '--force_yml', 'name=killtest'], workdir, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'max |weight difference| = 0' in proc.stdout
-    assert proc.stdout.count('killed after') + proc.stdout.count('finished before the kill') == 2
+    assert proc.stdout.count('killed ') + proc.stdout.count('finished before the kill') == 2
+    assert 'killed ' in proc.stdout  # at least one kill landed mid-run
