@@ -175,11 +175,12 @@ class CLIPTokenizer:
 
     def preprocess(self, img):
         """Resize the short side to the tower's input size (bicubic, antialias), centre-crop, normalise."""
-        h, w = img.shape[-2:]
+        h, w = int(img.shape[-2]), int(img.shape[-1])  # python ints, also under jit tracing (complexity analysis)
         size = self.image_size
-        new_hw = [size, int(w * size / h)] if h < w else [int(h * size / w), size]
-        img = TF.resize(img, new_hw, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [size, size])
+        new_h, new_w = (size, int(w * size / h)) if h < w else (int(h * size / w), size)
+        img = TF.resize(img, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # torchvision's centre crop
+        img = img[..., top:top + size, left:left + size]
         return TF.normalize(img, self.mean, self.std)
 
     @torch.no_grad()

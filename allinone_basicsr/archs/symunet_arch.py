@@ -174,7 +174,7 @@ class _PatchTokenAttention(nn.Module):
 
     def image_tokens(self, image):
         tokens = F.pixel_unshuffle(image, self.patch_size).flatten(2).transpose(1, 2)
-        return tokens + self.position_embedding(tokens.shape[1], tokens.device, tokens.dtype)
+        return tokens + self.position_embedding(int(tokens.shape[1]), tokens.device, tokens.dtype)
 
 
 class ImageGuidanceAttention(_PatchTokenAttention):
