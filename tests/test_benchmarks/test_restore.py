@@ -1,7 +1,6 @@
 """allinone_basicsr.restore: any image format, tiled inference close to untiled, memory bounded by the tile."""
 import subprocess
 import sys
-import warnings
 
 import cv2
 import numpy as np
