@@ -6,7 +6,9 @@
 Each folder is a ``results/<name>`` written by ``allinone_basicsr.test`` (its ``metrics.csv`` and the option file
 BasicSR copies there). Writes ``compare.md`` / ``compare.csv`` (the metric per set, its average, parameters and,
 with ``--macs S``, MACs at S×S counted as ``benchmarks/complexity.py`` does) and ``compare_<metric>.png``, a bar
-plot of the metric per test set and method.
+plot of the metric per test set and method. ``--grid SET:IMAGE`` adds ``grid_<SET>_<IMAGE>.png``: LQ | each method |
+GT, the same zoomed crop under each, PSNR in the captions (needs the runs' outputs, saved with
+``val.save_img: true``).
 """
 import argparse
 import csv
@@ -131,14 +133,75 @@ def compare(folders, metric='psnr', out='results/compare', macs_size=None):
     return methods, sets, table, sizes
 
 
+def _find_item(opt, test_set, image):
+    """(lq, gt) HxWx3 float RGB of image ``image`` of the test set named ``test_set`` in a run's option file."""
+    from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset
+    for key, dataset_opt in opt.get('datasets', {}).items():
+        if dataset_opt.get('name') == test_set:
+            dataset = AllInOneTestDataset(dict(dataset_opt, phase=key))
+            for i in range(len(dataset)):
+                item = dataset[i]
+                if osp.splitext(osp.basename(item['lq_path']))[0] == image:
+                    return item['lq'].permute(1, 2, 0).numpy(), item['gt'].permute(1, 2, 0).numpy()
+            raise ValueError(f'--grid: no image {image!r} in test set {test_set!r}')
+    raise ValueError(f'--grid: no test set named {test_set!r} in the option file')
+
+
+def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
+    """LQ | each method | GT, each with the same zoomed crop underneath and its PSNR in the caption.
+
+    Method outputs are the PNGs ``allinone_basicsr.test`` saves with ``val.save_img: true``
+    (``results/<name>/visualization/<test_set>/<image>_*.png``); LQ and GT come from the run's option file.
+    """
+    from allinone_basicsr.metrics.psnr_ssim_metric import calculate_psnr_aio
+    panels = []
+    lq = gt = None
+    for folder in folders:
+        _, opt = read_run(folder, 'psnr')
+        if lq is None:
+            lq, gt = _find_item(opt, test_set, image)
+            panels.append(('input', lq))
+        files = sorted(glob.glob(osp.join(folder, 'visualization', test_set, f'{image}_*.png')))
+        if not files:
+            raise FileNotFoundError(f'{folder}: no saved output for {test_set}/{image} (test with val.save_img: true)')
+        restored = cv2.imread(files[0])[..., ::-1].astype(np.float32) / 255.0
+        panels.append((opt.get('name', osp.basename(folder)), restored))
+    panels.append(('ground truth', gt))
+    h, w = gt.shape[:2]
+    y, x, size = crop or (h // 3, w // 3, max(16, min(h, w) // 4))
+    tiles = []
+    for name, img in panels:
+        full = (np.clip(img, 0, 1)[..., ::-1] * 255).round().astype(np.uint8).copy()
+        zoomed = cv2.resize(full[y:y + size, x:x + size], (size * zoom, size * zoom), interpolation=cv2.INTER_NEAREST)
+        cv2.rectangle(full, (x, y), (x + size, y + size), (0, 0, 255), 1)
+        zoomed = cv2.resize(zoomed, (w, int(w * zoomed.shape[0] / zoomed.shape[1])))
+        caption = np.full((24, w, 3), 255, np.uint8)
+        label = name if name == 'ground truth' else f'{name[:22]} {calculate_psnr_aio(img, gt):.2f} dB'
+        cv2.putText(caption, label, (3, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+        tiles.append(np.vstack([full, zoomed, caption]))
+    grid = np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles])
+    os.makedirs(out, exist_ok=True)
+    path = osp.join(out, f'grid_{test_set}_{image}.png')
+    cv2.imwrite(path, grid)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('folders', nargs='+', help='results/<name> folders written by allinone_basicsr.test')
     parser.add_argument('--metric', default='psnr', help='a column of metrics.csv (psnr, ssim, routing_acc, ...)')
     parser.add_argument('--out', default='results/compare')
     parser.add_argument('--macs', type=int, default=None, help='also count MACs at this square size')
+    parser.add_argument('--grid', nargs='*', default=[], metavar='SET:IMAGE',
+                        help='visual comparison grids (needs outputs saved with val.save_img: true)')
+    parser.add_argument('--crop', type=int, nargs=3, default=None, metavar=('Y', 'X', 'SIZE'),
+                        help='the zoomed region of the grids (default: a square around the centre-left third)')
     args = parser.parse_args(argv)
-    return compare(args.folders, args.metric, args.out, args.macs)
+    result = compare(args.folders, args.metric, args.out, args.macs)
+    for spec in args.grid:
+        test_set, image = spec.split(':', 1)
+        print('grid:', visual_grid(args.folders, test_set, image, args.out, args.crop))
+    return result
 
 
 if __name__ == '__main__':

@@ -48,3 +48,37 @@ def test_missing_metrics_and_unknown_metric_are_clear(tmp_path):
     _write_run(tmp_path / 'run', {'s': 1.0})
     with pytest.raises(ValueError, match=r"no column 'lpips'; columns: \['test_set'"):
         main([str(tmp_path / 'run'), '--metric', 'lpips', '--out', str(tmp_path / 'o')])
+
+
+def test_visual_grid_lq_methods_gt(tmp_path):
+    import numpy as np
+    from make_demo_data import build_demo_data
+
+    from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset
+    build_demo_data(str(tmp_path / 'demo'), seed=0)
+    test_set = {'name': 'demo_rain', 'type': 'AllInOneTestDataset', 'degradation': 'rain',
+                'dataroot_lq': str(tmp_path / 'demo/test/rain_lq.lmdb'),
+                'dataroot_gt': str(tmp_path / 'demo/test/rain_gt.lmdb')}
+    item = AllInOneTestDataset(dict(test_set, phase='test_1'))[0]
+    image = item['lq_path'].split('/')[-1].rsplit('.', 1)[0]
+    gt = (item['gt'].permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8)
+    folders = []
+    for name, offset in (('method_a', 0), ('method_b', 20)):
+        folder = tmp_path / name
+        _write_run(folder, {'demo_rain': 30.0})
+        (folder / 'test.yml').write_text(yaml.safe_dump({'name': name, 'network_g': NET,
+                                                         'datasets': {'test_1': test_set}}))
+        (folder / 'visualization' / 'demo_rain').mkdir(parents=True)
+        cv2.imwrite(str(folder / 'visualization' / 'demo_rain' / f'{image}_{name}.png'),
+                    np.clip(gt.astype(int) + offset, 0, 255).astype(np.uint8))
+        folders.append(str(folder))
+    main(folders + ['--out', str(tmp_path / 'cmp'), '--grid', f'demo_rain:{image}'])
+    grid = cv2.imread(str(tmp_path / 'cmp' / f'grid_demo_rain_{image}.png'))
+    h, w = gt.shape[:2]
+    assert grid.shape[1] == 4 * (w + 4)  # input | method_a | method_b | ground truth
+    panel_a = grid[:h, (w + 4):(w + 4) + w]
+    assert np.abs(panel_a.astype(int) - gt.astype(int)).max() <= 255  # drawn with the crop rectangle
+    inside = (slice(0, h // 3 - 1), slice(0, w))  # above the crop rectangle: untouched pixels
+    assert np.array_equal(panel_a[inside], gt[inside])
+    with pytest.raises(ValueError, match="no image 'nope'"):
+        main(folders + ['--out', str(tmp_path / 'cmp'), '--grid', 'demo_rain:nope'])
