@@ -12,7 +12,6 @@ named like the inputs.
 """
 import argparse
 import os
-import warnings
 from os import path as osp
 
 import cv2
@@ -22,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
+from allinone_basicsr.data.image_io import to_bgr8
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -33,15 +33,7 @@ def read_image(path):
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f'cannot read image {path} (missing, corrupt or an unsupported format)')
-    if img.dtype == np.uint16:
-        warnings.warn(f'{path}: 16-bit image restored as 8-bit')
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    if img.dtype != np.uint8:
-        raise ValueError(f'{path}: unsupported pixel type {img.dtype}')
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    img = img[..., :3][..., ::-1]  # BGR(A) -> RGB
-    return np.ascontiguousarray(img).astype(np.float32) / 255.0
+    return np.ascontiguousarray(to_bgr8(img, path)[..., ::-1]).astype(np.float32) / 255.0
 
 
 def build_network(opt, device):

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from os import path as osp
@@ -21,6 +20,7 @@ import numpy as np
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a source checkout
 
 import allinone_basicsr  # noqa: E402,F401  (patches basicsr before it is imported)
+from allinone_basicsr.data.image_io import to_bgr8  # noqa: E402
 from basicsr.utils.lmdb_util import LmdbMaker  # noqa: E402
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
@@ -160,16 +160,10 @@ def read_image(path):
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PrepError(f'cannot read image {path} (missing, corrupt or an unsupported format)')
-    if img.dtype == np.uint16:
-        warnings.warn(f'{path}: 16-bit image stored as 8-bit')
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise PrepError(f'{path}: unsupported pixel type {img.dtype}')
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = img[..., :3]
-    return np.ascontiguousarray(img)
+    try:
+        return to_bgr8(img, path)
+    except ValueError as error:
+        raise PrepError(str(error)) from error
 
 
 def crop_boxes(h, w, size, step):

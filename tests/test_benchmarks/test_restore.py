@@ -40,7 +40,7 @@ def test_formats_are_converted_and_outputs_written(tmp_path, opt_file):
     cv2.imwrite(str(folder / 'rgba.png'), rng.integers(0, 256, (30, 20, 4), dtype=np.uint8))
     cv2.imwrite(str(folder / 'deep.png'), rng.integers(0, 65536, (25, 33, 3), dtype=np.uint16))
     cv2.imwrite(str(folder / 'photo.jpg'), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    with pytest.warns(UserWarning, match='16-bit image restored as 8-bit'):
+    with pytest.warns(UserWarning, match='16-bit image read as 8-bit'):
         assert main(['-opt', str(opt_file), '--input', str(folder), '--output', str(tmp_path / 'out')]) == 4
     sizes = {p: cv2.imread(str(tmp_path / 'out' / f'{p}.png')).shape for p in ('grey', 'rgba', 'deep', 'photo')}
     assert sizes == {'grey': (37, 41, 3), 'rgba': (30, 20, 3), 'deep': (25, 33, 3), 'photo': (40, 40, 3)}
