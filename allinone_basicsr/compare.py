@@ -56,9 +56,7 @@ def model_size(opt, macs_size=None):
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     macs = None
     if macs_size:
-        import sys
-        sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'benchmarks'))
-        from complexity import analyse
+        from allinone_basicsr.complexity import analyse
         with torch.no_grad():
             macs = analyse(net, macs_size)[0]
     return params, macs

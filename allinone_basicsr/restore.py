@@ -21,11 +21,9 @@ import yaml
 from tqdm import tqdm
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
-from allinone_basicsr.data.image_io import to_bgr8
+from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
-
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
 def read_image(path):

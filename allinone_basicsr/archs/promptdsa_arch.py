@@ -124,7 +124,7 @@ class PromptNet(nn.Module):
     def __init__(self, prompt_dims, num_classes=3, backbone='resnet50', pretrained=None):
         super().__init__()
         import torchvision
-        valid = [n for n in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')]
+        valid = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152']
         if backbone not in valid:
             raise ValueError(f'prompt_net {backbone!r} is not supported; valid: {valid}')
         self.body = getattr(torchvision.models, backbone)(weights=None)

@@ -4,6 +4,8 @@ import warnings
 import cv2
 import numpy as np
 
+IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
 
 def to_bgr8(img, name):
     """A ``cv2.imread(..., IMREAD_UNCHANGED)`` array -> HxWx3 uint8 BGR: grey replicated, alpha dropped, 16-bit

@@ -23,9 +23,9 @@ from basicsr.utils import FileClient, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from .degradations import add_gaussian_noise, noise_rng
+from .image_io import IMG_EXTENSIONS
 
 DEFAULT_DEGRADATION_CLASSES = ('noise', 'rain', 'haze', 'blur', 'lowlight')
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
 def _where(opt, phase):
