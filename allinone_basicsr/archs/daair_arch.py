@@ -23,7 +23,7 @@ from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, crop_to,
-                               pad_to_multiple, transformer_stage, transposed_attention)
+                               attend_and_project, channel_attention, pad_to_multiple, transformer_stage)
 
 
 class LowRankExpert(nn.Module):
@@ -106,7 +106,7 @@ class ControllerCrossAttention(nn.Module):
     def forward(self, features, controller_features):
         q, v = self.qv_dwconv(self.qv(features)).chunk(2, dim=1)
         k = self.k_dwconv(self.k(controller_features))
-        return self.project_out(transposed_attention(q, k, v, self.num_heads, self.temperature))
+        return attend_and_project(v, channel_attention(q, k, self.num_heads, self.temperature), self.project_out)
 
 
 class DaAIRBlock(nn.Module):

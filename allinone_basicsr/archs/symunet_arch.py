@@ -22,7 +22,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, resolve_clip_model_name,
                           resolve_clip_weights, shared_clip_tokenizer)
-from .restormer_blocks import crop_to, pad_to_multiple, transformer_stage
+from .restormer_blocks import channels_last, crop_to, pad_to_multiple, transformer_stage
 
 
 @ARCH_REGISTRY.register()
@@ -108,7 +108,7 @@ class SymUNet(nn.Module):
     def forward(self, inp):
         h, w = inp.shape[-2:]
         inp = pad_to_multiple(inp, self.padder_size)
-        x, skips = self.encode(self.intro(inp))
+        x, skips = self.encode(self.intro(channels_last(inp)))
         x = self.middle_blks(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
@@ -290,7 +290,7 @@ class SESymUNet(SymUNet):
         h, w = inp.shape[-2:]
         tokens = self.clip_tokenizer(inp.device)(inp)  # from the raw LQ input, before padding (as official)
         inp = pad_to_multiple(inp, self.padder_size)
-        x, skips = self.encode(self.intro(inp))
+        x, skips = self.encode(self.intro(channels_last(inp)))
         x = self.middle_blks(self.middle_guide_attention(x, tokens))
         tokens = self.middle_refine_attention(tokens, x)
         last = len(self.decoders) - 1

@@ -32,6 +32,25 @@ _SCHEDULERS = {
 }
 
 
+def _grad_with_strides_of(param):
+    """A gradient hook giving ``param``'s gradient exactly ``param``'s strides.
+
+    Convolutions on channels-last features return weight gradients whose strides differ from the weight's only
+    in size-1 dims (1×1 and depthwise kernels): the same memory, but DistributedDataParallel compares strides
+    exactly and warns that the layout may impair performance. Such a gradient is re-viewed with the weight's
+    strides (no copy); any other layout difference is copied into the weight's layout.
+    """
+
+    def hook(grad):
+        if grad.stride() == param.stride():
+            return grad
+        if all(g == p for n, g, p in zip(grad.shape, grad.stride(), param.stride()) if n != 1):
+            return grad.as_strided(grad.shape, param.stride(), grad.storage_offset())  # size-1 dims: same memory
+        return torch.empty_like(param).copy_(grad)
+
+    return hook
+
+
 @MODEL_REGISTRY.register()
 class AllInOneModel(SRModel):
     """One network for many degradations, trained and scored the way the all-in-one papers do.
@@ -62,6 +81,9 @@ class AllInOneModel(SRModel):
 
     # ------------------------------------------------------------------ setup
     def model_to_device(self, net):
+        if self.opt['dist']:
+            for param in net.parameters():
+                param.register_hook(_grad_with_strides_of(param))
         if self.opt['dist'] and self.device.type == 'cpu':
             return DistributedDataParallel(
                 net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
