@@ -31,3 +31,31 @@ def test_table_and_skips():
     row = [line for line in proc.stdout.splitlines() if line.startswith('| DaAIR')][0]
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert float(cells[1]) > 0 and cells[3] == 'not run'
+
+
+def test_compare_official_rejects_a_folder_that_is_no_checkout(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f'--compare-official {tmp_path}: not an official checkout' in proc.stderr
+    assert 'basicsr/models/archs/SymUNet_arch.py (SymUNet)' in proc.stderr and 'net/model.py (PromptIR)' in proc.stderr
+
+
+def test_compare_official_times_both_side_by_side(tmp_path):
+    """A stand-in checkout (the official code is not in this repository): its SymUNet_arch.py imports
+    ``transformers`` at the top like the official file (replaced by an empty module when not installed) and
+    defines SymUNet as ours, so the outputs must match exactly and both columns must be filled."""
+    arch = tmp_path / 'basicsr' / 'models' / 'archs' / 'SymUNet_arch.py'
+    arch.parent.mkdir(parents=True)
+    arch.write_text('from transformers import CLIPModel, CLIPImageProcessor\n'
+                    'from allinone_basicsr.archs.symunet_arch import SymUNet as _Ours\n\n\n'
+                    'class SymUNet(_Ours):\n    pass\n')
+    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path),
+                           '--rounds', '1', '--train-size', '32', '--threads', '1'], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith('| SymUNet')][0]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    official_ms, ours_ms, ratio = float(cells[1]), float(cells[2]), float(cells[3].rstrip('×'))
+    assert official_ms > 0 and ours_ms > 0 and abs(ratio - ours_ms / official_ms) < 0.02 + 0.05 * ratio
+    assert float(cells[9]) == 0.0  # max output diff: the same arch, the official weights loaded strictly
+    assert 'best of 1 interleaved rounds' in proc.stdout
