@@ -22,7 +22,7 @@ from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, crop_to,
+from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, crop_output,
                                attend_and_project, channel_attention, pad_to_multiple, transformer_stage)
 
 
@@ -246,5 +246,5 @@ class DaAIR(nn.Module):
             x = self.fusions[level](torch.cat([self.ups[level](x), skips[level]], dim=1))
             for block in self.decoders[level]:
                 x = block(x, logits, task_labels)
-        out = crop_to(self.output(self.refinement(x)) + x_in, h, w)
+        out = crop_output(self.output(self.refinement(x)) + x_in, h, w)
         return (out, logits) if return_task_logits else out

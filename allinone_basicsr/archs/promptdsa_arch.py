@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .promptir_arch import PromptIR
-from .restormer_blocks import GDFN, MDTA, LayerNorm, crop_to, pad_to_multiple
+from .restormer_blocks import GDFN, MDTA, LayerNorm, crop_output, crop_to, pad_to_multiple
 
 LINEAR_MEMORY_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -211,7 +211,7 @@ class PromptDSANet(PromptIR):
         logits, gates = None, (None, None, None)
         if self.prompt_net is not None:
             logits, gates = self.prompt_net(inp_img)
-        out = crop_to(self.restore(inp, gates), h, w)
+        out = crop_output(self.restore(inp, gates), h, w)
         if return_task_logits:
             if logits is None:
                 raise ValueError('PromptDSANet without a prompt net (prompt_net: ~) has no task logits')

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .restormer_blocks import Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_to, pad_to_multiple
+from .restormer_blocks import Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_output, pad_to_multiple
 
 
 class PromptGenBlock(nn.Module):
@@ -178,4 +178,4 @@ class PromptIR(nn.Module):
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]
-        return crop_to(self.restore(pad_to_multiple(inp_img, 8)), h, w)
+        return crop_output(self.restore(pad_to_multiple(inp_img, 8)), h, w)

@@ -13,6 +13,7 @@ Blocks (Zamir et al., "Restormer", CVPR 2022):
     OverlapPatchEmbed  3×3 conv embedding
     Downsample / Upsample   3×3 conv + pixel (un)shuffle, halving / doubling the resolution
     pad_to_multiple    reflect padding to a multiple (any input size), with ``crop_to`` to undo it
+                       (``crop_output`` for an arch's output: contiguous)
 
 Speed (same outputs as the official formulas, see ``tests/test_archs/test_fast_blocks.py``):
 
@@ -270,6 +271,11 @@ def pad_to_multiple(x, multiple, mode='reflect'):
 
 
 def crop_to(x, h, w):
-    """Undo :func:`pad_to_multiple`: keep the top-left h×w, as a contiguous (B×C×H×W-ordered) tensor, so an
-    arch's output has the usual layout even when its features were channels-last."""
-    return x[..., :h, :w].contiguous()
+    """Undo :func:`pad_to_multiple`: keep the top-left h×w (a view)."""
+    return x[..., :h, :w]
+
+
+def crop_output(x, h, w):
+    """An arch's final crop: :func:`crop_to` as a contiguous (B×C×H×W-ordered) tensor, so outputs have the usual
+    layout even though the features were channels-last."""
+    return crop_to(x, h, w).contiguous()

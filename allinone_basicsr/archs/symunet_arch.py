@@ -22,7 +22,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, resolve_clip_model_name,
                           resolve_clip_weights, shared_clip_tokenizer)
-from .restormer_blocks import channels_last, crop_to, pad_to_multiple, transformer_stage
+from .restormer_blocks import channels_last, crop_output, pad_to_multiple, transformer_stage
 
 
 @ARCH_REGISTRY.register()
@@ -113,7 +113,7 @@ class SymUNet(nn.Module):
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(up(x) + skip)
         x = self.ending(x) + inp
-        return crop_to(x, h, w)
+        return crop_output(x, h, w)
 
 
 class CrossAttention(nn.Module):
@@ -301,4 +301,4 @@ class SESymUNet(SymUNet):
             if i < last:  # the official code also computes the last refinement, whose output nothing reads
                 tokens = refine(tokens, x)
         x = self.ending(x) + inp
-        return crop_to(x, h, w)
+        return crop_output(x, h, w)

@@ -143,9 +143,15 @@ def test_features_stay_channels_last_and_outputs_are_contiguous():
     x = torch.randn(2, 16, 8, 8)  # ordinary layout in
     for module in (MDTA(16, 2, False), GDFN(16, 2.66, False), TransformerBlock(16, 2)):
         assert module(x).is_contiguous(memory_format=torch.channels_last)
-    net = ARCH_REGISTRY.get('SymUNet')(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1],
-                                       restormer_heads=[1, 2], restormer_middle_heads=2)
-    assert net(torch.rand(1, 3, 20, 30)).is_contiguous()
+    from test_daair_arch import TINY as DAAIR
+    from test_promptdsa_arch import TINY as PROMPTDSA
+    from test_promptir_arch import TINY as PROMPTIR
+    nets = {'SymUNet': dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1],
+                            restormer_heads=[1, 2], restormer_middle_heads=2),
+            'PromptIR': PROMPTIR, 'DaAIR': DAAIR, 'PromptDSANet': PROMPTDSA}
+    for name, opt in nets.items():
+        out = ARCH_REGISTRY.get(name)(**opt).eval()(torch.rand(1, 3, 20, 30))
+        assert out.shape == (1, 3, 20, 30) and out.is_contiguous(), name
 
 
 def test_channel_attention_handles_all_zero_channels_like_normalize():
