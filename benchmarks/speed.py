@@ -64,8 +64,6 @@ def load_official(checkout):
     """Import the official arch class from a checkout; returns (method, class, paper config)."""
     method = official_method(checkout)
     spec = OFFICIAL[method]
-    if importlib.util.find_spec('einops') is None:
-        raise SystemExit('the official code imports einops: pip install einops (needed by this benchmark only)')
     if importlib.util.find_spec('transformers') is None:  # imported at the top of SymUNet_arch.py, unused by SymUNet
         stand_in = types.ModuleType('transformers')
         stand_in.CLIPModel = stand_in.CLIPImageProcessor = None
@@ -73,7 +71,11 @@ def load_official(checkout):
     module_spec = importlib.util.spec_from_file_location(f'official_{method.lower()}_arch',
                                                          osp.join(checkout, spec['file']))
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:
+        raise SystemExit(f'the official {method} code imports {err.name}: pip install {err.name} '
+                         '(needed by this benchmark only)') from err
     return method, getattr(module, spec['cls']), dict(spec['config'])
 
 

@@ -59,3 +59,12 @@ def test_compare_official_times_both_side_by_side(tmp_path):
     assert official_ms > 0 and ours_ms > 0 and abs(ratio - ours_ms / official_ms) < 0.02 + 0.05 * ratio
     assert float(cells[9]) == 0.0  # max output diff: the same arch, the official weights loaded strictly
     assert 'best of 1 interleaved rounds' in proc.stdout
+
+
+def test_compare_official_names_a_missing_dependency_of_the_official_code(tmp_path):
+    (tmp_path / 'net').mkdir()
+    (tmp_path / 'net' / 'model.py').write_text('import no_such_module_of_the_official_code\n')
+    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert 'the official PromptIR code imports no_such_module_of_the_official_code: pip install' in proc.stderr
