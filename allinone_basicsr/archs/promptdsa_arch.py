@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .promptir_arch import PromptIR
-from .restormer_blocks import GDFN, MDTA, LayerNorm, crop_output, crop_to, pad_to_multiple
+from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
 
 LINEAR_MEMORY_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,29 +48,35 @@ class SpatialSelfAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
+    def _windows(self, t, b, h, w):
+        """(b, h, w, c) pixels -> (b', tokens, c): the whole map, or one row of tokens per window."""
+        c = t.shape[-1]
+        if not self.window:
+            return t.reshape(b, h * w, c)
+        s = self.window
+        return t.reshape(b, h // s, s, w // s, s, c).transpose(2, 3).reshape(-1, s * s, c)
+
     def _tokens(self, t):
-        """(B, C, H, W) -> (B', heads, tokens, d), contiguous (fused SDPA kernels need a unit last-dim stride)."""
+        """(B, C, H, W) map -> (B', heads, tokens, d), contiguous (fused SDPA kernels need a unit last-dim stride).
+        Read through the channels-last view, so a global map costs one copy."""
         b, c, h, w = t.shape
-        if self.window:
-            s = self.window
-            t = t.reshape(b, c, h // s, s, w // s, s).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, s, s)
-            b, h, w = t.shape[0], s, s
-        return t.reshape(b, self.num_heads, c // self.num_heads, h * w).transpose(-2, -1).contiguous()
+        t = self._windows(t.permute(0, 2, 3, 1), b, h, w)
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, c // self.num_heads).transpose(1, 2).contiguous()
 
     def forward(self, x):
         b, c, h, w = x.shape
         if self.window:
             x = pad_to_multiple(x, self.window)
         hp, wp = x.shape[-2:]
-        q, k, v = (self._tokens(t) for t in self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
+        q, k, v = (self._tokens(t) for t in self.qkv_dwconv(self.qkv(channels_last(x))).chunk(3, dim=1))
         with sdpa_kernel(LINEAR_MEMORY_KERNELS):  # never the math kernel, which materialises tokens × tokens
             out = F.scaled_dot_product_attention(q / self.alpha, k, v, scale=1.0)
-        out = out.transpose(-2, -1)  # (B', heads, d, tokens)
+        out = out.transpose(1, 2).reshape(out.shape[0], -1, c)  # (B', tokens, C)
         if self.window:
             s = self.window
-            out = out.reshape(b, hp // s, wp // s, c, s, s).permute(0, 3, 1, 4, 2, 5)
-        out = self.project_out(out.reshape(b, c, hp, wp))
-        return crop_to(out, h, w)
+            out = out.reshape(b, hp // s, wp // s, s, s, c).transpose(2, 3)
+        out = out.reshape(b, hp, wp, c).permute(0, 3, 1, 2)  # channels-last map, like the other branches
+        return crop_to(self.project_out(out), h, w)
 
 
 class DsaBlock(nn.Module):
