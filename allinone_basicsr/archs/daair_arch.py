@@ -73,11 +73,16 @@ class DaLe(nn.Module):
 
     def route(self, h, choice):
         """Run each sample through expert ``choice[b]``: group the batch by expert, run each group once, restore
-        the batch order."""
+        the batch order.
+
+        An expert whose group is empty still runs (on zero samples, which costs nothing), so every expert's weights
+        are in the autograd graph with a zero gradient. DistributedDataParallel then needs no unused-parameter search
+        (``find_unused_parameters``) although a rank's batch often holds no sample of some class.
+        """
         order = torch.argsort(choice, stable=True)
         counts = torch.bincount(choice, minlength=self.num_experts).tolist()
         groups = h.index_select(0, order).split(counts)
-        outs = [expert(group) for expert, group, n in zip(self.experts, groups, counts) if n]
+        outs = [expert(group) for expert, group in zip(self.experts, groups)]
         return torch.cat(outs).index_select(0, torch.argsort(order))
 
     def forward(self, h, task_labels=None):

@@ -58,6 +58,21 @@ def test_dale_groups_the_batch_by_expert():
     assert sorted(calls) == [1, 2, 2]  # one call per expert with its group, not one per sample
 
 
+def test_every_parameter_gets_a_gradient_when_an_expert_gets_no_sample():
+    """An expert with no sample in the batch still runs (on an empty group), so every parameter is in the autograd
+    graph: DistributedDataParallel needs no unused-parameter search (a rank's batch often lacks a class)."""
+    torch.manual_seed(0)
+    net = DaAIR(**TINY)
+    out, logits = net(torch.rand(2, 3, 16, 16), return_task_logits=True, task_labels=torch.tensor([0, 0]))
+    (out.abs().mean() + sum(lg.sum() for lg in logits)).backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None]
+    assert not missing, missing
+    for block in (net.encoders[0][0], net.decoders[0][0]):  # experts 1 and 2 saw no sample: zero gradient
+        for expert in block.dale.experts[1:]:
+            assert all(torch.count_nonzero(p.grad) == 0 for p in expert.parameters())
+        assert any(torch.count_nonzero(p.grad) > 0 for p in block.dale.experts[0].parameters())
+
+
 def test_controller_ema_step_equals_formula_and_leaves_encoder_untouched():
     torch.manual_seed(0)
     net = DaAIR(**TINY, controller_momentum=0.9)
