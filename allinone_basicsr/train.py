@@ -51,15 +51,25 @@ def _prefetcher(opt, loader):
 
 
 def check_ranks_agree(model, logger):
-    """Distributed: every rank must end with the same weights (a float64 checksum per tensor, gathered)."""
+    """Distributed: every rank must end with the same weights (a float64 checksum per tensor, gathered).
+
+    Parameters and buffers are compared, except BatchNorm running statistics: DDP does not average those, it
+    broadcasts rank 0's at every training forward, so the other ranks' drift by their last batch. Rank 0's are the
+    model's (the checkpoint holds them, and distributed validation broadcasts them first).
+    """
     import torch.distributed as dist
     net = model.get_bare_model(model.net_g)
-    sums = torch.stack([p.detach().double().sum() for p in net.state_dict().values() if p.is_floating_point()])
+    batch_norm = {f'{name}.{buffer}' if name else buffer
+                  for name, module in net.named_modules() if isinstance(module, torch.nn.modules.batchnorm._NormBase)
+                  for buffer, _ in module.named_buffers(recurse=False)}
+    sums = torch.stack([p.detach().double().sum() for name, p in net.state_dict().items()
+                        if p.is_floating_point() and name not in batch_norm])
     gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, sums)
     if not all(torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError('distributed training ended with different weights on different ranks')
-    logger.info(f'Weights identical on all {len(gathered)} ranks.')
+    note = f" (BatchNorm statistics: rank 0's, {len(batch_norm)} buffers not compared)" if batch_norm else ''
+    logger.info(f'Weights identical on all {len(gathered)} ranks{note}.')
 
 
 def train_pipeline(root_path):
@@ -80,11 +90,12 @@ def train_pipeline(root_path):
 
     train_loader, _, val_loaders, _, total_iters = create_train_val_dataloader(opt, logger)
     train_loader, sampler = _resumable_loader(opt, train_loader)
-    batch_size = opt['datasets']['train']['batch_size_per_gpu']
+    # the loader's real batch: batch_size_per_gpu, times num_gpu under DataParallel (num_gpu > 1, no launcher)
+    batch_size = train_loader.batch_size
     iters_per_epoch = sampler.num_samples // batch_size  # drop_last
     if iters_per_epoch == 0:
-        raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank are fewer than batch_size_per_gpu '
-                         f'{batch_size}: raise dataset_enlarge_ratio or lower the batch size')
+        raise ValueError(f'datasets.train: {sampler.num_samples} samples per rank are fewer than one batch '
+                         f'({batch_size}): raise dataset_enlarge_ratio or lower batch_size_per_gpu')
 
     model = build_model(opt)
     epoch, current_iter = 0, 0

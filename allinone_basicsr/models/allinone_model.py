@@ -9,27 +9,20 @@ from os import path as osp
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
-from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from ..metrics.routing_accuracy_metric import calculate_routing_accuracy
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
-from .lr_scheduler import SCHEDULERS as _OUR_SCHEDULERS
+from .optimization import optimizer_class, scheduler_class
 
 ROUTING_METRICS = ('calculate_routing_accuracy',)  # scored on the task logits, not on the image
-
-_SCHEDULERS = {
-    'MultiStepLR': basicsr_lr_scheduler.MultiStepRestartLR,
-    'MultiStepRestartLR': basicsr_lr_scheduler.MultiStepRestartLR,
-    'CosineAnnealingRestartLR': basicsr_lr_scheduler.CosineAnnealingRestartLR,
-    **_OUR_SCHEDULERS,
-}
 
 
 def _grad_with_strides_of(param):
@@ -108,23 +101,11 @@ class AllInOneModel(SRModel):
             self.grad_clip = {'max_norm': float(grad_clip)}
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        optim_cls = getattr(torch.optim, optim_type, None)
-        if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
-            valid = sorted(n for n, c in vars(torch.optim).items()
-                           if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != 'Optimizer')
-            raise ValueError(f'train.optim_g.type {optim_type!r} is not a torch.optim optimizer; valid: {valid}')
-        return optim_cls(params, lr, **kwargs)
+        return optimizer_class(optim_type)(params, lr, **kwargs)
 
     def setup_schedulers(self):
         sched_opt = deepcopy(self.opt['train']['scheduler'])
-        sched_type = sched_opt.pop('type')
-        sched_cls = _SCHEDULERS.get(sched_type) or getattr(torch.optim.lr_scheduler, sched_type, None)
-        if not isinstance(sched_cls, type):
-            valid = sorted(set(_SCHEDULERS) | {
-                n for n, c in vars(torch.optim.lr_scheduler).items()
-                if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler) and not n.startswith('_')
-            })
-            raise ValueError(f'train.scheduler.type {sched_type!r} is unknown; valid: {valid}')
+        sched_cls = scheduler_class(sched_opt.pop('type'))
         for optimizer in self.optimizers:
             self.schedulers.append(sched_cls(optimizer, **sched_opt))
 
@@ -221,12 +202,13 @@ class AllInOneModel(SRModel):
                     ema_buffers[name].mul_(decay).add_(buf, alpha=1 - decay)
 
     def test(self):
-        """Inference (net_g_ema if present) in eval mode; archs with task logits also give ``self.task_logits``."""
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        """Inference with the bare network (net_g_ema if present; never the DDP wrapper, whose forward is a collective)
+        in eval mode; archs with task logits also give ``self.task_logits``."""
+        net = self._eval_net()
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            if getattr(self.get_bare_model(net), 'has_task_logits', False):
+            if getattr(net, 'has_task_logits', False):
                 self.output, self.task_logits = net(self.lq, return_task_logits=True)
             else:
                 self.output, self.task_logits = net(self.lq), None
@@ -266,8 +248,40 @@ class AllInOneModel(SRModel):
         self._nonfinite_streak = resume_state.get('nonfinite_streak', 0)
 
     # ------------------------------------------------------------------ validation
+    def _eval_net(self):
+        """The bare network that validation and test run (``net_g_ema`` if present)."""
+        return self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
+
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        dataset_opt = dataloader.dataset.opt
+        self._validate(dataloader, current_iter, tb_logger, save_img, rank=0, world_size=1)
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """Distributed validation: the ranks share the images and gather the scores.
+
+        BasicSR validates on rank 0 alone with the DDP-wrapped network while the other ranks wait. That hangs for
+        networks with buffers (DaAIR's controllers, BatchNorm): DDP broadcasts the buffers before every forward, a
+        collective the waiting ranks never join. And one rank running the whole test sets can outlast NCCL's
+        watchdog. Here instead:
+
+        1. rank 0's buffers are broadcast to every rank (under DDP each rank's BatchNorm statistics drift from rank
+           0's, which DDP re-broadcasts at each training forward and which the saved checkpoint holds);
+        2. image ``i`` is scored by rank ``i % world_size`` with the bare network (no collective in its forward, so
+           ranks may score different numbers of images);
+        3. one all-reduce per test set gathers the per-image scores, and every rank averages them in image order.
+
+        The numbers equal a single-process validation of rank 0's weights (tested), and the other ranks wait only for
+        the slowest share, not for the whole validation.
+        """
+        import torch.distributed as dist
+        for buffer in self._eval_net().buffers():
+            dist.broadcast(buffer, src=0)
+        self._validate(dataloader, current_iter, tb_logger, save_img, self.opt['rank'], self.opt['world_size'])
+
+    def _validate(self, dataloader, current_iter, tb_logger, save_img, rank, world_size):
+        """Score images ``rank, rank + world_size, ...`` of the set; with several ranks gather every image's scores;
+        average them in image order, then log and tabulate the set (identical on every rank)."""
+        dataset = dataloader.dataset
+        dataset_opt = dataset.opt
         dataset_name = dataset_opt['name']
         val_opt = self.opt['val']
         metrics = val_opt.get('metrics') or {}
@@ -277,13 +291,20 @@ class AllInOneModel(SRModel):
         score_input = val_opt.get('input_metrics', True) and dataset_name not in self._input_scores
         if metrics:
             self._initialize_best_metric_results(dataset_name)
-        sums = {name: 0.0 for name in metrics}
-        input_sums = {name: 0.0 for name in metrics}
-
-        pbar = tqdm(total=len(dataloader), unit='image', desc=dataset_name, leave=False,
-                    disable=not val_opt.get('pbar', True))
-        scored = 0
-        for val_data in dataloader:
+        names = list(metrics)
+        image_names = [n for n in names if metrics[n].get('type') not in ROUTING_METRICS]  # the input is scored too
+        if world_size == 1:
+            indices, loader = range(len(dataloader)), dataloader
+        else:
+            indices = range(rank, len(dataset), world_size)
+            loader = DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False,
+                                num_workers=dataloader.num_workers, collate_fn=dataloader.collate_fn,
+                                pin_memory=dataloader.pin_memory)
+        # {image index: [output score per metric, input score per image metric]}, images with ground truth only
+        scores = {}
+        pbar = tqdm(total=len(indices), unit='image', desc=dataset_name, leave=False,
+                    disable=not val_opt.get('pbar', True) or rank != 0)
+        for index, val_data in zip(indices, loader):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
             self.test()
@@ -292,15 +313,12 @@ class AllInOneModel(SRModel):
                 output = output.clamp(0, 1)
             gt = self.gt.detach().cpu() if hasattr(self, 'gt') else None
             if gt is not None:
-                scored += 1
                 lq = self.lq.detach().cpu()
-                for name, metric_opt in metrics.items():
-                    if metric_opt.get('type') in ROUTING_METRICS:
-                        sums[name] += self._routing_score(name, metric_opt)
-                        continue
-                    sums[name] += calculate_metric({'img': output, 'img2': gt}, metric_opt)
-                    if score_input:
-                        input_sums[name] += calculate_metric({'img': lq, 'img2': gt}, metric_opt)
+                row = [self._routing_score(name, metrics[name]) if name not in image_names else
+                       calculate_metric({'img': output, 'img2': gt}, metrics[name]) for name in names]
+                if score_input:
+                    row += [calculate_metric({'img': lq, 'img2': gt}, metrics[name]) for name in image_names]
+                scores[index] = [float(v) for v in row]
                 del self.gt
             if save_img:
                 folder = (osp.join(self.opt['path']['visualization'], img_name) if self.opt['is_train'] else osp.join(
@@ -310,17 +328,33 @@ class AllInOneModel(SRModel):
             del self.lq, self.output
             pbar.update(1)
         pbar.close()
+        if world_size > 1:
+            scores = self._gather_scores(scores, len(dataset), len(names) + len(image_names))
 
-        if not metrics or scored == 0:  # nothing to score (no ground truth): images only
+        rows = [scores[i] for i in sorted(scores)]  # images with ground truth, in image order
+        if not metrics or not rows:  # nothing to score (no ground truth): images only
             return
-        self.metric_results = {name: value / scored for name, value in sums.items()}
+        self.metric_results = {name: sum(r[j] for r in rows) / len(rows) for j, name in enumerate(names)}
         if score_input:
-            self._input_scores[dataset_name] = {name: value / scored for name, value in input_sums.items()
-                                                if metrics[name].get('type') not in ROUTING_METRICS}
+            self._input_scores[dataset_name] = {name: sum(r[len(names) + j] for r in rows) / len(rows)
+                                                for j, name in enumerate(image_names)}
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        self._add_table_row(current_iter, dataset_name, dataset_opt, scored)
+        self._add_table_row(current_iter, dataset_name, dataset_opt, len(rows))
+
+    def _gather_scores(self, scores, num_images, width):
+        """Every rank's ``{image index: row}`` merged on every rank: one all-reduce of a (num_images, 1 + width) table
+        in which each rank filled only its own rows (column 0 flags an image with ground truth), so the sum holds
+        every score exactly."""
+        import torch.distributed as dist
+        table = torch.zeros(num_images, 1 + width, dtype=torch.float64)
+        for index, row in scores.items():
+            table[index, 0] = 1.0
+            table[index, 1:1 + len(row)] = torch.tensor(row, dtype=torch.float64)
+        table = table.to(self.device)
+        dist.all_reduce(table)
+        return {i: row[1:] for i, row in enumerate(table.cpu().tolist()) if row[0] == 1.0}
 
     def _routing_score(self, name, metric_opt):
         if self.task_logits is None:
@@ -332,8 +366,10 @@ class AllInOneModel(SRModel):
 
     def _add_table_row(self, current_iter, dataset_name, dataset_opt, count):
         """Collect one row per val/test set; once every set of this round is in, log and write the table."""
-        if getattr(self, '_table_iter', None) != current_iter:
-            self._table_iter, self._table_rows = current_iter, OrderedDict()
+        expected = [k for k in self.opt['datasets'] if k.split('_')[0] in ('val', 'test')]
+        if getattr(self, '_table_iter', None) != current_iter or len(self._table_rows) >= len(expected):
+            self._table_iter, self._table_rows = current_iter, OrderedDict()  # a new round (the final validation
+            # after the last periodic one has the same iteration)
         row = OrderedDict(test_set=dataset_name, degradation=dataset_opt.get('degradation', ''), images=count)
         inputs = self._input_scores.get(dataset_name, {})
         for name, value in self.metric_results.items():
@@ -343,7 +379,6 @@ class AllInOneModel(SRModel):
             if name in inputs and 'psnr' in name.lower():
                 row[f'gain_{name}'] = value - inputs[name]
         self._table_rows[dataset_name] = row
-        expected = [k for k in self.opt['datasets'] if k.split('_')[0] in ('val', 'test')]
         rows = list(self._table_rows.values())
         path = self.opt['path']['results_root'] if not self.opt['is_train'] else self.opt['path']['experiments_root']
         write_metric_table(rows, path, self.opt['name'])

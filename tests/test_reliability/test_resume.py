@@ -79,6 +79,28 @@ def test_corrupt_latest_state_falls_back_to_the_previous_one(workdir, straight):
     assert_equal_weights(weights(workdir, 'corrupt'), straight)
 
 
+# DataParallel (num_gpu > 1 without a launcher): BasicSR's loader batch is batch_size_per_gpu × num_gpu. Emulated on
+# the CPU by building the training loader with num_gpu=2 (the model stays on the CPU).
+DATAPARALLEL_LOADER = ('import allinone_basicsr.train as train\n'
+                       'from basicsr.data import build_dataloader\n'
+                       'train.build_dataloader = lambda *args, **kw: build_dataloader(*args, **dict(kw, num_gpu=2))\n'
+                       'train.main()\n')
+
+
+def test_dataparallel_batch_resumes_exactly(workdir, straight):
+    """The resume offset uses the loader's real batch (10 per GPU × 2 = 20), not batch_size_per_gpu."""
+    def dp_train(name, total, resume=False):
+        return run(['-c', DATAPARALLEL_LOADER, '-opt', 'train.yml', '--force_yml', f'name={name}',
+                    f'train:total_iter={total}', 'datasets:train:batch_size_per_gpu=10']
+                   + (['--auto_resume'] if resume else []), workdir)
+
+    dp_train('dp_halves', TOTAL // 2)
+    proc = dp_train('dp_halves', TOTAL, resume=True)
+    log = ''.join(p.read_text() for p in (workdir / 'experiments' / 'dp_halves').glob('train_*.log'))
+    assert 'Resuming training from epoch: 0, iter: 8. The epoch continues at sample 160.' in log + proc.stderr
+    assert_equal_weights(weights(workdir, 'dp_halves'), straight)  # the same batches as 20 per iteration on one
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_matches(workdir):
     proc = run([str(REPO / 'scripts' / 'kill_resume_check.py'), '-opt', 'train.yml', '--kills', '2', '--seed', '1',
