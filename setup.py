@@ -20,6 +20,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['allinone_basicsr', 'allinone_basicsr.*']),
+    package_data={'allinone_basicsr': ['protocols.yml']},  # the protocol table of allinone_basicsr.recipe
     python_requires='>=3.10',
     install_requires=[
         'basicsr>=1.4.2',
@@ -39,6 +40,7 @@ setup(
         'console_scripts': [
             'allinone-train=allinone_basicsr.train:main',
             'allinone-test=allinone_basicsr.test:main',
+            'allinone-recipe=allinone_basicsr.recipe:main',
         ]
     },
     license='Apache-2.0',

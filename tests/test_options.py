@@ -15,14 +15,16 @@ FILES = sorted(str(p.relative_to(OPTIONS)) for p in OPTIONS.rglob('*.yml'))
 # the official configs' trainable parameter counts (shared/reference/*_full_keys.json)
 OFFICIAL_COUNTS = {'SymUNet': 22_288_827, 'SESymUNet': 67_432_643, 'PromptIR': 35_592_263}
 PAPER_RANGES = {'DaAIR': (5.5e6, 6.5e6)}  # no official code: the paper's size, 6M (± 0.5M, spec)
-SPEC_COUNTS = {'PromptDSANet': 70_695_144}  # no official code or size: the spec's prototype count (ResNet-50 included)
+# no official code or size: the spec's prototype count (ResNet-50 included) by number of degradation classes (each
+# class adds a row of 2,048 weights + 1 bias to the prompt net's classifier)
+SPEC_COUNTS = {'PromptDSANet': {3: 70_695_144, 5: 70_699_242}}
 
 
 def test_every_method_has_train_test_and_demo_files():
     for method, second in (('symunet', '5task'), ('promptir', '5task'), ('se_symunet', '5task'), ('daair', '5task'),
                            ('promptdsanet', '3task')):  # PromptDSANet: its paper's protocol and the common 3-task one
         for name in (f'train_{method}.yml', f'train_{method}_{second}.yml', f'test_{method}.yml',
-                     f'demo/train_{method}_demo.yml', f'demo/test_{method}_demo.yml'):
+                     f'test_{method}_5task.yml', f'demo/train_{method}_demo.yml', f'demo/test_{method}_demo.yml'):
             assert name in FILES, name
 
 
@@ -48,7 +50,7 @@ def test_option_file_builds(name):
     if not name.startswith('demo/'):
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         if arch in SPEC_COUNTS:
-            assert trainable == SPEC_COUNTS[arch]
+            assert trainable == SPEC_COUNTS[arch][net_opt['num_classes']]
         elif arch in PAPER_RANGES:
             assert PAPER_RANGES[arch][0] <= trainable <= PAPER_RANGES[arch][1]
         else:

@@ -1,0 +1,717 @@
+"""What a training option file will do, printed before anyone books GPUs.
+
+    python -m allinone_basicsr.recipe options/train_promptir.yml [--world-size N] [--root DIR] [--json]
+    allinone-recipe options/train_*.yml          (console script; several files, one report each)
+
+The report gives the world size × batch per GPU = effective batch, the patch size, the samples of every task per
+epoch (repeats applied) and the share of every degradation class, the iterations per epoch exactly as our training
+loop counts them, the total / warm-up / cosine-end lengths in iterations and epochs, the learning rate at the start,
+at the end of the warm-up and at the end, the optimizer, the losses with their weights, EMA, gradient clipping, the
+validation sets and frequency, and the checkpoint frequency. Nothing is trained, built or decoded: the learning rates
+come from the schedulers' closed forms, and the image counts from the LMDBs' ``meta_info.txt`` (or the image
+folders) when the data is on disk, otherwise from the sizes of the public datasets that ``datasets_prep/`` makes.
+An inconsistent file fails with a message naming the option key (exit code 1).
+"""
+import argparse
+import inspect
+import json
+import math
+import posixpath
+import sys
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from os import path as osp
+
+import torch
+import yaml
+
+from basicsr.models import lr_scheduler as basicsr_lr_scheduler
+from basicsr.utils.options import ordered_yaml
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+
+from .data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
+from .models.optimization import optimizer_class, scheduler_class
+
+# Image counts of the public datasets as datasets_prep/prepare_3task.py and prepare_5task.py write them, keyed by the
+# relative paths the shipped option files use (an LMDB, or a key list given as a task's meta_info_file).
+PUBLIC_SIZES = {
+    'datasets/train/denoise_gt.lmdb': 5144,  # BSD400 (400) + WED (4,744)
+    'datasets/train/denoise_gt.lmdb/bsd400_keys.txt': 400,  # BSD400 alone (PromptDSANet's protocol)
+    'datasets/train/rain_lq.lmdb': 200,  # Rain100L train
+    'datasets/train/rain_gt.lmdb': 200,
+    'datasets/train/haze_lq.lmdb': 72135,  # RESIDE OTS hazy images (the GT LMDB stores each clean photo once)
+    'datasets/train/haze_lq.lmdb/ots800_keys.txt': 800,  # 800 evenly spaced OTS pairs (PromptDSANet's protocol)
+    'datasets/train/gopro_lq.lmdb': 16824,  # 2,103 GoPro train frames × 8 crops of 512 with step 256
+    'datasets/train/gopro_gt.lmdb': 16824,
+    'datasets/train/lol_lq.lmdb': 485,  # LOL-v1 our485
+    'datasets/train/lol_gt.lmdb': 485,
+    'datasets/test/bsd68.lmdb': 68,
+    'datasets/test/rain100l_lq.lmdb': 100,
+    'datasets/test/rain100l_gt.lmdb': 100,
+    'datasets/test/sots_outdoor_lq.lmdb': 500,
+    'datasets/test/sots_outdoor_gt.lmdb': 500,
+    'datasets/test/gopro_lq.lmdb': 1111,  # full 1280×720 frames
+    'datasets/test/gopro_gt.lmdb': 1111,
+    'datasets/test/lol_lq.lmdb': 15,  # LOL-v1 eval15
+    'datasets/test/lol_gt.lmdb': 15,
+}
+DISK, PUBLIC, UNKNOWN = 'disk', 'public size', 'unknown'
+
+
+class RecipeError(ValueError):
+    """An option file that would not train as it says: the message starts with the option key."""
+
+
+@dataclass
+class TaskSamples:
+    """One training task: its images (counted from ``source``: disk or the public size) and samples per epoch."""
+    name: str
+    degradation: str
+    images: int
+    source: str
+    counted: str
+    repeat: int
+    samples: int
+
+
+@dataclass
+class ValSet:
+    """One validation set of the option file (``images`` is None when neither on disk nor a known public set)."""
+    key: str
+    name: str
+    degradation: str
+    noise_sigma: float
+    crop_to_multiple: int
+    images: int
+    source: str
+
+
+@dataclass
+class Recipe:
+    """The numbers of one training option file (``recipe_report`` makes it, ``format_report`` prints it)."""
+    option_file: str
+    name: str
+    world_size: int
+    world_size_from: str
+    batch_size_per_gpu: int
+    effective_batch: int
+    patch: int
+    degradation_classes: list
+    tasks: list
+    class_samples: dict
+    samples_per_epoch: int
+    dataset_enlarge_ratio: float
+    samples_per_rank: int
+    iters_per_epoch: int
+    total_iter: int
+    total_epochs: float
+    warmup_iter: int
+    warmup_key: str
+    warmup_epochs: float
+    cosine_end_iter: int
+    cosine_end_key: str
+    cosine_end_epochs: float
+    scheduler: dict
+    lr_start: float
+    lr_warmup_end: float
+    lr_end: float
+    optimizer: dict
+    losses: dict
+    ema_decay: float
+    grad_clip: object
+    teacher_forcing_iter: int
+    find_unused_parameters: bool
+    val_sets: list
+    val_freq: int
+    checkpoint_freq: int
+    notes: list = field(default_factory=list)
+
+    @property
+    def class_shares(self):
+        """{class: share of the epoch's samples} in ``degradation_classes`` order."""
+        total = sum(self.class_samples.values())
+        return {c: n / total for c, n in self.class_samples.items()}
+
+    def epochs(self, iterations):
+        """Iterations -> epochs of this recipe (None stays None)."""
+        return None if iterations is None else iterations / self.iters_per_epoch
+
+
+def load_options(option_file):
+    """Read an option file as BasicSR does (``ordered_yaml``: ``!!float 2e4`` and ``~`` work)."""
+    if not osp.isfile(option_file):
+        raise RecipeError(f'{option_file}: no such option file')
+    with open(option_file) as f:
+        return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+def iterations_per_epoch(num_samples, world_size, batch_size_per_gpu, dataset_enlarge_ratio=1):
+    """Iterations of one epoch of our training loop.
+
+    BasicSR's ``EnlargedSampler`` gives every rank ``ceil(num_samples * ratio / world_size)`` samples (padding the
+    last ranks with repeats) and the train loader drops the last incomplete batch, so an epoch is
+    ``ceil(num_samples * ratio / world_size) // batch_size_per_gpu`` iterations (142,431 samples on 4 ranks at
+    batch 8: 4,451, not 142,431 // 32 = 4,450).
+
+    Args:
+        num_samples (int): Length of the training set (repeats applied).
+        world_size (int): Number of training processes (ranks).
+        batch_size_per_gpu (int): ``datasets.train.batch_size_per_gpu``.
+        dataset_enlarge_ratio (int | float): ``datasets.train.dataset_enlarge_ratio``. Default: 1.
+
+    Returns:
+        int: Iterations per epoch (0 when a rank gets fewer samples than one batch).
+    """
+    return math.ceil(num_samples * dataset_enlarge_ratio / world_size) // batch_size_per_gpu
+
+
+def _public_key(path):
+    return posixpath.normpath(str(path).replace('\\', '/')) if path else None
+
+
+def _resolve(root, path):
+    return path if osp.isabs(path) else osp.join(root, path)
+
+
+def count_images(root, data_path, meta_info_file, where):
+    """Images of one source without decoding any: ``(count, source, what was counted)``.
+
+    On disk (``root/data_path`` exists): the keys of the LMDB's ``meta_info.txt`` or of ``meta_info_file``, or the
+    image files of a folder, read as the datasets read them. Otherwise the public dataset's size for the standard
+    relative path (``PUBLIC_SIZES``: the key list if one is given, else the LMDB); else ``(None, 'unknown', path)``.
+    """
+    full = _resolve(root, data_path)
+    if osp.isdir(full):
+        try:
+            _, entries = list_source(full, where, _resolve(root, meta_info_file) if meta_info_file else None)
+        except (OSError, ValueError) as err:
+            raise RecipeError(str(err)) from None
+        return len(entries), DISK, meta_info_file or data_path
+    counted = meta_info_file or data_path
+    size = PUBLIC_SIZES.get(_public_key(counted))
+    return (size, PUBLIC, counted) if size is not None else (None, UNKNOWN, counted)
+
+
+def count_task(root, task, where):
+    """Images of one ``MixedDegradationDataset`` task: the LQ side if it has one (``meta_info_file`` applies to it),
+    else the GT source (``meta_info_file`` applies unless a ``gt_key_map`` maps LQ keys)."""
+    meta = task.get('meta_info_file')
+    if task.get('dataroot_lq'):
+        key, data_path = 'dataroot_lq', task['dataroot_lq']
+    else:
+        key, data_path = 'dataroot_gt', task.get('dataroot_gt')
+        meta = None if task.get('gt_key_map') else meta
+    if not data_path:
+        raise RecipeError(f'{where}.dataroot_gt: missing')
+    images, source, counted = count_images(root, data_path, meta, f'{where}.{key}')
+    if images is None:
+        raise RecipeError(f"{where}.{key} (task '{task.get('name', '?')}'): no data at "
+                          f'{osp.normpath(_resolve(root, data_path))} and no public dataset size known for {counted}; '
+                          'prepare the data (datasets_prep/) or fix the path')
+    return images, source, counted
+
+
+class LearningRateCurve:
+    """Learning rate of any iteration of a training run, in closed form (no scheduler is stepped).
+
+    The optimizer and scheduler are built as ``AllInOneModel`` builds them (on one dummy parameter), so unknown
+    arguments fail here as they would in training. BasicSR steps the schedulers once per iteration from iteration 2
+    (``BaseModel.update_learning_rate``), so iteration ``i`` trains with the scheduler's value at
+    ``last_epoch = i - 1``; BasicSR's own warm-up (``train.warmup_iter``) replaces it by ``lr * i / warmup_iter``
+    while ``i < warmup_iter``. A chainable scheduler (BasicSR's MultiStepRestartLR, torch's StepLR, ...) continues
+    from the learning rate that warm-up left, so after such a warm-up it has no closed form (``at`` gives None).
+
+    Args:
+        train_opt (dict): The option file's ``train`` section (not modified).
+    """
+
+    def __init__(self, train_opt):
+        optim_opt = deepcopy(dict(train_opt.get('optim_g') or {}))
+        optim_type = optim_opt.pop('type', None)
+        try:
+            optim_cls = optimizer_class(optim_type)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        try:
+            optimizer = optim_cls([torch.nn.Parameter(torch.zeros(1))], **optim_opt)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f'train.optim_g: {optim_type}: {err}') from None
+        self.optimizer_type = optim_type
+        self.optimizer_settings = dict(optimizer.defaults)
+        self.base_lr = float(optimizer.defaults['lr'])
+        sched_opt = deepcopy(dict(train_opt.get('scheduler') or {}))
+        self.scheduler_type = sched_opt.pop('type', None)
+        self.scheduler_args = sched_opt
+        try:
+            sched_cls = scheduler_class(self.scheduler_type)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
+        try:
+            self.scheduler = sched_cls(optimizer, **sched_opt)
+        except (TypeError, ValueError, AssertionError) as err:
+            raise RecipeError(f'train.scheduler: {self.scheduler_type}: {err}') from None
+        self.basicsr_warmup = int(train_opt.get('warmup_iter', -1) or -1)
+        self.from_base_lr = hasattr(self.scheduler, 'lr_at') or isinstance(
+            self.scheduler, basicsr_lr_scheduler.CosineAnnealingRestartLR)  # computed from the base lr every step
+
+    def scheduled(self, t):
+        """The scheduler's learning rate after ``t`` steps (None without a closed form)."""
+        sched = self.scheduler
+        if hasattr(sched, 'lr_at'):  # LinearWarmupCosineLR
+            return sched.lr_at(self.base_lr, t)
+        if isinstance(sched, basicsr_lr_scheduler.CosineAnnealingRestartLR):
+            sched.last_epoch = t
+            return sched.get_lr()[0]
+        if isinstance(sched, basicsr_lr_scheduler.MultiStepRestartLR):
+            restart = max(r for r in (0, *sched.restarts) if r <= t)
+            weight = sched.restart_weights[list(sched.restarts).index(restart)] if restart in sched.restarts else 1
+            drops = sum(n for m, n in sched.milestones.items() if restart < m <= t and m not in sched.restarts)
+            return self.base_lr * weight * sched.gamma**drops
+        if hasattr(sched, '_get_closed_form_lr'):  # torch's StepLR, CosineAnnealingLR, ...
+            sched.last_epoch = t
+            return sched._get_closed_form_lr()[0]
+        return None
+
+    def at(self, iteration):
+        """Learning rate of training iteration ``iteration`` (1-based, as BasicSR counts)."""
+        if iteration < self.basicsr_warmup:
+            return self.base_lr * iteration / self.basicsr_warmup
+        if self.basicsr_warmup > 0 and not self.from_base_lr:
+            return None
+        return self.scheduled(iteration - 1)
+
+
+def _int_option(value, key):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f'{key}: expected a number, got {value!r}') from None
+    if number != int(number):
+        raise RecipeError(f'{key}: expected a whole number, got {value!r}')
+    return int(number)
+
+
+def _world_size(opt, world_size):
+    if world_size is not None:
+        if world_size < 1:
+            raise RecipeError(f'--world-size: expected >= 1, got {world_size}')
+        return int(world_size), '--world-size'
+    num_gpu = opt.get('num_gpu', 1)
+    if num_gpu == 'auto':
+        raise RecipeError("num_gpu: 'auto' (every visible GPU): give the number of processes with --world-size N")
+    num_gpu = _int_option(num_gpu, 'num_gpu')
+    return max(1, num_gpu), 'num_gpu'
+
+
+def _losses(train_opt):
+    """{option key: {type, loss_weight}} of every ``train.*_opt`` (an unset weight is the loss class's default)."""
+    losses = {}
+    for key, loss_opt in train_opt.items():
+        if not key.endswith('_opt') or not isinstance(loss_opt, dict):
+            continue
+        loss_type = loss_opt.get('type')
+        weight = loss_opt.get('loss_weight')
+        if weight is None and loss_type in LOSS_REGISTRY:
+            default = inspect.signature(LOSS_REGISTRY.get(loss_type)).parameters.get('loss_weight')
+            weight = None if default is None or default.default is inspect.Parameter.empty else default.default
+        losses[key] = {'type': loss_type, 'loss_weight': None if weight is None else float(weight)}
+    return losses
+
+
+def _schedule_lengths(curve, total_iter):
+    """(warm-up iterations, its option key, cosine end iterations, its key); checks them against ``total_iter``."""
+    args = curve.scheduler_args
+    warmup, warmup_key, end, end_key = 0, None, None, None
+    if curve.scheduler_type == 'LinearWarmupCosineLR':
+        warmup, warmup_key = int(args['warmup_iter']), 'train.scheduler.warmup_iter'
+        end, end_key = int(args['max_iter']), 'train.scheduler.max_iter'
+    elif curve.scheduler_type == 'CosineAnnealingRestartLR':
+        end, end_key = int(sum(args['periods'])), 'train.scheduler.periods'
+        if end != total_iter:
+            raise RecipeError(f"train.scheduler.periods: {list(args['periods'])} sum to {end:,}, but train.total_iter "
+                              f'is {total_iter:,}: BasicSR\'s CosineAnnealingRestartLR must end where training does')
+    elif curve.scheduler_type == 'CosineAnnealingLR':
+        end, end_key = int(args['T_max']), 'train.scheduler.T_max'
+    if curve.basicsr_warmup > 0 and curve.basicsr_warmup > warmup:
+        warmup, warmup_key = curve.basicsr_warmup, 'train.warmup_iter'
+    if warmup_key and warmup >= total_iter:
+        raise RecipeError(f'{warmup_key}: the warm-up ({warmup:,} iterations) must be shorter than train.total_iter '
+                          f'({total_iter:,})')
+    return warmup, warmup_key, end, end_key
+
+
+def _training_tasks(train_set, root):
+    """(degradation classes, [TaskSamples]) of ``datasets.train``; checks every task's class and every class."""
+    where = 'datasets.train'
+    classes = list(train_set.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
+    tasks = []
+    for i, task in enumerate(train_set.get('tasks') or []):
+        tw = f'{where}.tasks[{i}]'
+        name = str(task.get('name', f'task{i}'))
+        if task.get('degradation') not in classes:
+            raise RecipeError(f"{tw}.degradation: {task.get('degradation')!r} (task '{name}') is not one of "
+                              f'{where}.degradation_classes {classes}')
+        repeat = task.get('repeat', 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise RecipeError(f'{tw}.repeat: expected an integer >= 1, got {repeat!r}')
+        images, source, counted = count_task(root, task, tw)
+        tasks.append(TaskSamples(name, task['degradation'], images, source, counted, repeat, images * repeat))
+    if not tasks:
+        raise RecipeError(f'{where}.tasks: expected a non-empty list of tasks')
+    empty = [c for c in classes if not any(t.degradation == c for t in tasks)]
+    if empty:
+        raise RecipeError(f'{where}.degradation_classes: class(es) {empty} have no task (every class needs one, or '
+                          'its index is never trained)')
+    return classes, tasks
+
+
+def _validation_sets(opt, classes, root):
+    """[ValSet] of the ``datasets.val*`` entries; each class must be one of the training ``degradation_classes``."""
+    val_sets = []
+    for key, val in (opt.get('datasets') or {}).items():
+        if key.split('_')[0] != 'val':
+            continue
+        if val.get('degradation') not in classes:
+            raise RecipeError(f"datasets.{key}.degradation: {val.get('degradation')!r} (validation set "
+                              f"'{val.get('name')}') is not one of datasets.train.degradation_classes {classes}")
+        images, source = None, UNKNOWN
+        if val.get('dataroot_gt'):
+            images, source, _ = count_images(root, val['dataroot_gt'], val.get('meta_info_file'), f'datasets.{key}')
+        val_sets.append(ValSet(key, val.get('name', key), val['degradation'], val.get('noise_sigma'),
+                               val.get('crop_to_multiple'), images, source))
+    return val_sets
+
+
+def recipe_report(option_file, world_size=None, root=None, opt=None):
+    """The numbers of a training option file (see the module docstring); raises ``RecipeError`` if inconsistent.
+
+    Args:
+        option_file (str): Path of the option file (only read when ``opt`` is None; named in the report).
+        world_size (int | None): Number of training processes. Default: the file's ``num_gpu``.
+        root (str | None): Folder the file's relative data paths are read from. Default: the working directory (as
+            training reads them).
+        opt (dict | None): The parsed options, to report on a modified copy. Default: read ``option_file``.
+
+    Returns:
+        Recipe: The report.
+    """
+    opt = load_options(option_file) if opt is None else opt
+    root = root or '.'
+    world, world_from = _world_size(opt, world_size)
+    train_set = (opt.get('datasets') or {}).get('train')
+    if not isinstance(train_set, dict):
+        raise RecipeError('datasets.train: missing')
+    if train_set.get('type') != 'MixedDegradationDataset':
+        raise RecipeError(f"datasets.train.type: {train_set.get('type')!r}: the report reads the tasks of a "
+                          'MixedDegradationDataset only')
+    where = 'datasets.train'
+    classes, tasks = _training_tasks(train_set, root)
+    class_samples = {c: sum(t.samples for t in tasks if t.degradation == c) for c in classes}
+
+    batch = _int_option(train_set.get('batch_size_per_gpu'), f'{where}.batch_size_per_gpu')
+    ratio = train_set.get('dataset_enlarge_ratio', 1) or 1
+    samples = sum(t.samples for t in tasks)
+    per_rank = math.ceil(samples * ratio / world)
+    iters = iterations_per_epoch(samples, world, batch, ratio)
+    if iters == 0:
+        raise RecipeError(f'{where}.batch_size_per_gpu: {batch} is more than the {per_rank:,} samples per rank '
+                          f'({samples:,} samples on {world} ranks): not one batch per epoch')
+
+    train_opt = opt.get('train') or {}
+    if train_opt.get('total_iter') is None:
+        raise RecipeError('train.total_iter: missing')
+    total = _int_option(train_opt['total_iter'], 'train.total_iter')
+    sched = train_opt.get('scheduler') or {}
+    if sched.get('type') == 'LinearWarmupCosineLR':
+        for key in ('warmup_iter', 'max_iter'):
+            if key not in sched:
+                raise RecipeError(f'train.scheduler.{key}: missing (LinearWarmupCosineLR)')
+        if not 0 <= sched['warmup_iter'] < sched['max_iter']:
+            raise RecipeError(f"train.scheduler.warmup_iter: {sched['warmup_iter']:,} must be below "
+                              f"train.scheduler.max_iter {sched['max_iter']:,} (and >= 0)")
+    curve = LearningRateCurve(train_opt)
+    warmup, warmup_key, end, end_key = _schedule_lengths(curve, total)
+
+    notes = []
+    if world > 1 and world_from == 'num_gpu':
+        notes.append(f'world size {world} = num_gpu: one process per GPU (torchrun --nproc_per_node={world} ... '
+                     '--launcher pytorch)')
+    if curve.scheduler_type == 'LinearWarmupCosineLR' and end < total:
+        notes.append(f'the cosine reaches eta_min at iteration {end:,}; the last {total - end:,} iterations stay there')
+    losses = _losses(train_opt)
+    arch_type = (opt.get('network_g') or {}).get('type')
+    arch = ARCH_REGISTRY.get(arch_type) if arch_type in ARCH_REGISTRY else None
+    if 'cls_opt' in losses and getattr(arch, 'has_task_logits', None) is False:
+        notes.append(f'train.cls_opt is ignored in training: arch {arch_type} has no task logits')
+
+    val_sets = _validation_sets(opt, classes, root)
+    val_opt = opt.get('val') or {}
+    val_freq = _int_option(val_opt['val_freq'], 'val.val_freq') if val_opt.get('val_freq') is not None else None
+    ckpt = (opt.get('logger') or {}).get('save_checkpoint_freq')
+    ckpt = _int_option(ckpt, 'logger.save_checkpoint_freq') if ckpt is not None else None
+    teacher = train_opt.get('teacher_forcing_iter')
+    settings = curve.optimizer_settings
+    optimizer = {'type': curve.optimizer_type, 'lr': curve.base_lr}
+    optimizer.update({k: settings[k] for k in ('betas', 'weight_decay', 'momentum') if k in settings})
+    if 'betas' in optimizer:
+        optimizer['betas'] = [float(b) for b in optimizer['betas']]
+
+    return Recipe(
+        option_file=str(option_file),
+        name=str(opt.get('name', '')),
+        world_size=world,
+        world_size_from=world_from,
+        batch_size_per_gpu=batch,
+        effective_batch=batch * world,
+        patch=train_set.get('gt_size', 128),
+        degradation_classes=classes,
+        tasks=tasks,
+        class_samples=class_samples,
+        samples_per_epoch=math.ceil(samples * ratio),
+        dataset_enlarge_ratio=ratio,
+        samples_per_rank=per_rank,
+        iters_per_epoch=iters,
+        total_iter=total,
+        total_epochs=total / iters,
+        warmup_iter=warmup,
+        warmup_key=warmup_key,
+        warmup_epochs=warmup / iters,
+        cosine_end_iter=end,
+        cosine_end_key=end_key,
+        cosine_end_epochs=None if end is None else end / iters,
+        scheduler=dict(type=curve.scheduler_type, **curve.scheduler_args),
+        lr_start=curve.at(1),
+        lr_warmup_end=curve.at(warmup) if warmup > 0 else None,
+        lr_end=curve.at(total),
+        optimizer=optimizer,
+        losses=losses,
+        ema_decay=float(train_opt.get('ema_decay', 0) or 0),
+        grad_clip=train_opt.get('grad_clip'),
+        teacher_forcing_iter=None if teacher is None else _int_option(teacher, 'train.teacher_forcing_iter'),
+        find_unused_parameters=bool(opt.get('find_unused_parameters', False)),
+        val_sets=val_sets,
+        val_freq=val_freq,
+        checkpoint_freq=ckpt,
+        notes=notes)
+
+
+PROTOCOLS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'protocols.yml')
+PROTOCOL_SOURCES = ('paper', 'official code', 'assumption')
+
+
+def load_protocols(path=PROTOCOLS_FILE):
+    """The protocol table (``protocols.yml``): {option file name: row}; see the file's header for the fields."""
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def protocol_values(row):
+    """A protocol row's numbers without their sources: {field: value}, ``loss_weights`` / ``repeats`` as dicts."""
+    values = {}
+    for key, entry in row.items():
+        if key in ('loss_weights', 'repeats'):
+            values[key] = {name: leaf['value'] for name, leaf in entry.items()}
+        elif isinstance(entry, dict):
+            values[key] = entry['value']
+    return values
+
+
+def recipe_values(recipe, unit):
+    """The same fields as ``protocol_values`` derived from a report; ``unit`` is 'epochs' or 'iterations'."""
+    if unit == 'epochs':
+        lengths = (recipe.total_epochs, recipe.warmup_epochs, recipe.cosine_end_epochs)
+    else:
+        lengths = (recipe.total_iter, recipe.warmup_iter, recipe.cosine_end_iter)
+    return {
+        'world_size': recipe.world_size,
+        'effective_batch': recipe.effective_batch,
+        'patch': recipe.patch,
+        'total': lengths[0],
+        'warmup': lengths[1],
+        'cosine_end': lengths[2],
+        'optimizer': recipe.optimizer['type'],
+        'lr': recipe.optimizer['lr'],
+        'weight_decay': recipe.optimizer.get('weight_decay'),
+        'grad_clip': recipe.grad_clip,
+        'ema_decay': recipe.ema_decay,
+        'loss_weights': {key: loss['loss_weight'] for key, loss in recipe.losses.items()},
+        'repeats': {task.name: task.repeat for task in recipe.tasks},
+    }
+
+
+def _same(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def protocol_mismatches(recipe, row):
+    """What an option file does differently from its protocol row: ['field: file X, protocol Y (source: ref)']."""
+    derived = recipe_values(recipe, row['unit'])
+    mismatches = []
+    for key, want in protocol_values(row).items():
+        got = derived.get(key)
+        if _same(got, want):
+            continue
+        if key in ('loss_weights', 'repeats'):
+            names = sorted(set(got) | set(want))
+            for name in names:
+                if not _same(got.get(name), want.get(name)):
+                    leaf = row[key].get(name) or {}
+                    where = f" ({leaf['source']}: {leaf['ref']})" if leaf else ''
+                    mismatches.append(f'{key}.{name}: file {got.get(name)}, protocol {want.get(name)}{where}')
+        else:
+            unit = f" {row['unit']}" if key in ('total', 'warmup', 'cosine_end') else ''
+            got_text = f'{got:.6g}' if isinstance(got, float) else got
+            mismatches.append(f"{key}: file {got_text}{unit}, protocol {want}{unit} ({row[key]['source']}: "
+                              f"{row[key]['ref']})")
+    return mismatches
+
+
+# ----------------------------------------------------------------------------------------------------- printing
+def _n(value):
+    return f'{value:,}'
+
+
+def _epochs(value):
+    if value is None:
+        return 'n/a'
+    return f'{round(value):,}' if abs(value - round(value)) < 1e-9 else f'{value:,.2f}'
+
+
+def _lr(value):
+    if value is None:
+        return 'n/a (no closed form)'
+    if value == 0:
+        return '0'
+    mantissa, exponent = f'{value:.3e}'.split('e')
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _number(value):
+    return _lr(value) if isinstance(value, float) and value and abs(value) < 1e-2 else f'{value:g}'
+
+
+def _table(rows, right):
+    """Aligned text columns; ``right`` = indices of right-aligned columns."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return [
+        '  '.join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        .rstrip() for row in rows
+    ]
+
+
+def format_report(r):
+    """The report as aligned text."""
+    lines = [f'Recipe of {r.option_file} (name: {r.name})']
+
+    def item(label, text):
+        lines.append(f'  {label:<27} {text}')
+
+    item('effective batch', f'{r.world_size} × {r.batch_size_per_gpu} per GPU = {r.effective_batch} '
+         f'(world size from {r.world_size_from})')
+    item('patch (gt_size)', f'{r.patch}²')
+    total = r.samples_per_epoch
+    rows = [('task', 'class', 'images', 'counted from', 'repeat', 'samples', 'share')]
+    rows += [(t.name, t.degradation, _n(t.images), f'{t.source}: {t.counted}', f'×{t.repeat}', _n(t.samples),
+              f'{t.samples / sum(x.samples for x in r.tasks):.1%}') for t in r.tasks]
+    enlarged = f' (dataset_enlarge_ratio {r.dataset_enlarge_ratio})' if r.dataset_enlarge_ratio != 1 else ''
+    item('samples per epoch', f'{_n(total)}{enlarged}')
+    lines += ['    ' + line for line in _table(rows, right={2, 4, 5, 6})]
+    item('class shares', ', '.join(f'{c} {_n(n)} ({s:.1%})' for (c, n), s in
+                                   zip(r.class_samples.items(), r.class_shares.values())))
+    ranks = f"{r.world_size} rank{'s' if r.world_size > 1 else ''}"
+    item('iterations per epoch', f'{_n(r.iters_per_epoch)} = ceil({_n(total)} / {ranks}) = '
+         f'{_n(r.samples_per_rank)} per rank // batch {r.batch_size_per_gpu} (last incomplete batch dropped)')
+    item('total', f'{_n(r.total_iter)} iterations = {_epochs(r.total_epochs)} epochs (train.total_iter)')
+    if r.warmup_key:
+        item('warm-up', f'{_n(r.warmup_iter)} iterations = {_epochs(r.warmup_epochs)} epochs ({r.warmup_key})')
+    else:
+        item('warm-up', 'none')
+    if r.cosine_end_key:
+        item('cosine end', f'{_n(r.cosine_end_iter)} iterations = {_epochs(r.cosine_end_epochs)} epochs '
+             f'({r.cosine_end_key})')
+    args = ', '.join(f'{k}={v}' for k, v in r.scheduler.items() if k != 'type')
+    item('scheduler', f"{r.scheduler['type']}({args}), stepped every iteration")
+    lr = f'start {_lr(r.lr_start)}'
+    if r.warmup_key:
+        lr += f', end of warm-up {_lr(r.lr_warmup_end)} (iteration {_n(r.warmup_iter)})'
+    item('learning rate', f'{lr}, end {_lr(r.lr_end)} (iteration {_n(r.total_iter)})')
+    opt = r.optimizer
+    extra = ''.join(f', {k.replace("_", " ")} {tuple(v) if isinstance(v, list) else _number(v)}'
+                    for k, v in opt.items() if k not in ('type', 'lr'))
+    item('optimizer', f"{opt['type']} lr {_lr(opt['lr'])}{extra}")
+    item('losses', '; '.join(f"{k}: {v['type']} × {v['loss_weight']:g}" if v['loss_weight'] is not None else
+                             f"{k}: {v['type']}" for k, v in r.losses.items()) or 'none')
+    item('EMA (train.ema_decay)', f'{r.ema_decay:g}' if r.ema_decay > 0 else 'off')
+    item('grad clip (train.grad_clip)', 'off' if r.grad_clip is None else str(r.grad_clip))
+    if r.teacher_forcing_iter is not None:
+        item('teacher forcing', f'{_n(r.teacher_forcing_iter)} iterations = '
+             f'{_epochs(r.epochs(r.teacher_forcing_iter))} epochs (train.teacher_forcing_iter)')
+    item('DDP find_unused_parameters', str(r.find_unused_parameters).lower())
+    if r.val_freq is not None:
+        item('validation', f'every {_n(r.val_freq)} iterations = {_epochs(r.epochs(r.val_freq))} epochs '
+             '(val.val_freq), and at the end')
+    else:
+        item('validation', 'at the end only' if r.val_sets else 'none')
+    rows = [('set', 'class', 'σ', 'crop', 'images', 'counted from')]
+    rows += [(v.name, v.degradation, '' if v.noise_sigma is None else f'{v.noise_sigma:g}',
+              '' if not v.crop_to_multiple else f'×{v.crop_to_multiple}', '?' if v.images is None else _n(v.images),
+              v.source) for v in r.val_sets]
+    if r.val_sets:
+        lines += ['    ' + line for line in _table(rows, right={4})]
+    if r.checkpoint_freq is not None:
+        item('checkpoints', f'every {_n(r.checkpoint_freq)} iterations = {_epochs(r.epochs(r.checkpoint_freq))} '
+             'epochs (logger.save_checkpoint_freq)')
+    for note in r.notes:
+        item('note', note)
+    return '\n'.join(lines)
+
+
+def report_dict(r):
+    """The report as plain JSON-able data (epochs and shares included)."""
+    data = asdict(r)
+    data['class_shares'] = r.class_shares
+    return data
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m allinone_basicsr.recipe',
+        description='Print what training option files will do (batch, epochs, schedule, losses, data) and check '
+        'them.')
+    parser.add_argument('option_files', nargs='+', metavar='OPTION_FILE', help='options/train_*.yml')
+    parser.add_argument('--world-size', type=int, default=None,
+                        help='number of training processes (default: the file\'s num_gpu)')
+    parser.add_argument('--root', default=None,
+                        help='folder the data paths are relative to (default: the working directory, as training)')
+    parser.add_argument('--json', action='store_true', help='print {option file: report} as JSON')
+    args = parser.parse_args(argv)
+    reports, failed = {}, 0
+    protocols = load_protocols()
+    for option_file in args.option_files:
+        try:
+            report = recipe_report(option_file, world_size=args.world_size, root=args.root)
+        except RecipeError as err:
+            message = str(err) if str(err).startswith(option_file) else f'{option_file}: {err}'
+            print(f'error: {message}', file=sys.stderr)
+            failed += 1
+            continue
+        row = protocols.get(osp.basename(option_file))
+        if row is not None and args.world_size is None:
+            mismatches = protocol_mismatches(report, row)
+            report.notes.append(f"protocol table (protocols.yml, {row['method']} row): " + (
+                'every number matches' if not mismatches else 'differs in ' + '; '.join(mismatches)))
+        if args.json:
+            reports[option_file] = report_dict(report)
+        else:
+            print(format_report(report) + ('\n' if len(args.option_files) > 1 else ''))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
