@@ -1,6 +1,5 @@
 """`import allinone_basicsr` alone (fresh interpreter) registers every name and makes basicsr importable."""
-import subprocess
-import sys
+from pipeline_util import run_python
 
 EXPECTED = {
     'ARCH_REGISTRY': ['SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR', 'PromptDSANet'],
@@ -17,7 +16,7 @@ def test_import_registers_every_name():
             '    for n in names:\n'
             '        assert n in getattr(r, reg), (reg, n)\n'
             'print("ok")')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    proc = run_python(['-c', code], check=False, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]
 
 

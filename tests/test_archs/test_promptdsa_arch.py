@@ -1,7 +1,5 @@
 """PromptDSANet: shapes, the dual block, spatial attention (global and windowed), the prompt block, the prompt net
 (no download, local weights, BatchNorm policy), sizes against PromptIR, and linear attention memory."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ import torch.nn.functional as F
 from allinone_basicsr.archs.promptdsa_arch import DsaBlock, PromptDSANet, PromptNet, SpatialSelfAttention
 from allinone_basicsr.archs.promptir_arch import PromptIR
 from allinone_basicsr.archs.restormer_blocks import TransformerBlock
+from pipeline_util import run_python
 
 TINY = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_net='resnet18')
 
@@ -151,7 +150,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 attn(x).sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 '''
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    proc = run_python(['-c', code], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     growth_mb = float(proc.stdout.strip().splitlines()[-1])
     assert growth_mb < 256, f'peak memory grew {growth_mb:.0f} MB: the N×N attention matrix is 1024 MB'

@@ -3,8 +3,6 @@
 The full-size keys, shapes and the trainable count 67,432,643 are checked against the official code in
 test_official_reference.py (se_symunet_full_keys.json)."""
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from allinone_basicsr.archs import clip_tokens
 from allinone_basicsr.archs.clip_tokens import CLIPTokenizer, resolve_clip_model_name
 from allinone_basicsr.archs.symunet_arch import ImageGuidanceAttention, SESymUNet, TextRefinementAttention
 from basicsr.utils.registry import ARCH_REGISTRY
+from pipeline_util import run_python
 
 pytestmark = pytest.mark.filterwarnings('ignore:CLIP .* has random weights')
 
@@ -173,7 +172,7 @@ def test_deterministic_in_process_and_across_processes(tmp_path, clip_file):
             'net.load_state_dict(d["params"], strict=True)\n'
             'with torch.no_grad():\n'
             f'    torch.save(net(d["img"]), {str(tmp_path / "out.pth")!r})\n')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    proc = run_python(['-c', code], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / 'out.pth'), first)
 

@@ -1,6 +1,4 @@
 """allinone_basicsr.restore: any image format, tiled inference close to untiled, memory bounded by the tile."""
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -10,6 +8,7 @@ import yaml
 
 from allinone_basicsr.archs.symunet_arch import SymUNet
 from allinone_basicsr.restore import main, read_image, restore_tensor
+from pipeline_util import run_python
 
 TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1],
         'restormer_heads': [1, 2, 4], 'restormer_middle_heads': 8}
@@ -75,7 +74,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 restore_tensor(net, img, tile={tile}, overlap=16)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 '''
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    proc = run_python(['-c', code], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return float(proc.stdout.split()[-1])
 

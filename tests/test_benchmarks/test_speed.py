@@ -1,12 +1,12 @@
 """benchmarks/speed.py measures in subprocesses: positive medians, memory, skips, and errors reported per cell."""
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 import speed  # noqa: E402
+from pipeline_util import run_python  # noqa: E402
 
 
 def _args(**kw):
@@ -24,9 +24,8 @@ def test_measure_returns_median_time_and_peak_memory():
 
 
 def test_table_and_skips():
-    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--methods', 'DaAIR', '--train-size', '32',
-                           '--infer-size', '32', '--repeats', '1', '--threads', '1', '--skip', 'DaAIR:infer'],
-                          capture_output=True, text=True)
+    proc = run_python([str(BENCH / 'speed.py'), '--methods', 'DaAIR', '--train-size', '32', '--infer-size', '32',
+                       '--repeats', '1', '--threads', '1', '--skip', 'DaAIR:infer'], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = [line for line in proc.stdout.splitlines() if line.startswith('| DaAIR')][0]
     cells = [c.strip() for c in row.strip('|').split('|')]
@@ -34,8 +33,7 @@ def test_table_and_skips():
 
 
 def test_compare_official_rejects_a_folder_that_is_no_checkout(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)], check=False, timeout=300)
     assert proc.returncode != 0
     assert f'--compare-official {tmp_path}: not an official checkout' in proc.stderr
     assert 'basicsr/models/archs/SymUNet_arch.py (SymUNet)' in proc.stderr and 'net/model.py (PromptIR)' in proc.stderr
@@ -50,8 +48,8 @@ def test_compare_official_times_both_side_by_side(tmp_path):
     arch.write_text('from transformers import CLIPModel, CLIPImageProcessor\n'
                     'from allinone_basicsr.archs.symunet_arch import SymUNet as _Ours\n\n\n'
                     'class SymUNet(_Ours):\n    pass\n')
-    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path),
-                           '--rounds', '1', '--train-size', '32', '--threads', '1'], capture_output=True, text=True)
+    proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(tmp_path), '--rounds', '1', '--train-size',
+                       '32', '--threads', '1'], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = [line for line in proc.stdout.splitlines() if line.startswith('| SymUNet')][0]
     cells = [c.strip() for c in row.strip('|').split('|')]
@@ -64,7 +62,6 @@ def test_compare_official_times_both_side_by_side(tmp_path):
 def test_compare_official_names_a_missing_dependency_of_the_official_code(tmp_path):
     (tmp_path / 'net').mkdir()
     (tmp_path / 'net' / 'model.py').write_text('import no_such_module_of_the_official_code\n')
-    proc = subprocess.run([sys.executable, str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)], check=False, timeout=300)
     assert proc.returncode != 0
     assert 'the official PromptIR code imports no_such_module_of_the_official_code: pip install' in proc.stderr

@@ -1,9 +1,8 @@
 """prepare_3task.py / prepare_5task.py on tiny fake raw trees in the official layouts (with their quirks):
 pairing, counts, keys, LMDB pixels equal to the sources, atomic and resumable writes, clear errors, and the
-full option files reading (and training on) the result."""
+full option files reading the result (tests/test_reliability/test_full_recipes.py trains every one of them on such a
+tree)."""
 import os
-import subprocess
-import sys
 from os import path as osp
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import prepare_3task
 import prepare_5task
 from fake_raw import make_raw_3task, make_raw_5task
 from prep_util import PrepError, crop_boxes
+from pipeline_util import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,8 +174,8 @@ def test_errors_name_the_argument_file_and_rule(tmp_path):
     # names are paired before anything is written; sizes are checked while encoding, so the failing job is absent
     assert not osp.exists(osp.join(out, 'test/sots_outdoor_lq.lmdb'))
     assert not osp.exists(osp.join(out, 'test/sots_outdoor_gt.lmdb'))
-    proc = subprocess.run([sys.executable, str(REPO / 'datasets_prep/prepare_3task.py'), '--raw',
-                           str(tmp_path / 'nowhere')], capture_output=True, text=True)
+    proc = run_python([str(REPO / 'datasets_prep/prepare_3task.py'), '--raw', str(tmp_path / 'nowhere')], check=False,
+                      timeout=120)
     assert proc.returncode == 2 and 'error: --raw: not a folder' in proc.stderr and 'Traceback' not in proc.stderr
 
 
@@ -204,21 +204,3 @@ def test_full_option_files_read_the_prepared_data(prepared, monkeypatch):
             if name != 'train':
                 item = AllInOneTestDataset(dict(val, phase='val'))[0]
                 assert item['lq'].shape == item['gt'].shape
-
-
-@pytest.mark.parametrize('option_file', ['train_symunet.yml', 'train_symunet_5task.yml'])
-def test_full_option_files_train_a_few_iterations(prepared, option_file):
-    """The paper-size SymUNet recipe, unchanged except for CPU, 2 iterations, batch 2 and no workers."""
-    root, _ = prepared
-    name = f'fake_{option_file[:-4]}'
-    overrides = ['num_gpu=0', f'name={name}', 'train:total_iter=2', 'datasets:train:batch_size_per_gpu=2',
-                 'datasets:train:num_worker_per_gpu=0', 'datasets:train:persistent_workers=False',
-                 'logger:print_freq=1', 'logger:save_checkpoint_freq=2', 'logger:use_tb_logger=false']
-    proc = subprocess.run([sys.executable, '-m', 'allinone_basicsr.train', '-opt', str(REPO / 'options' / option_file),
-                           '--force_yml', *overrides], cwd=root, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, OMP_NUM_THREADS='2'))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    exp = root / 'experiments' / name
-    assert (exp / 'models/net_g_2.pth').is_file()
-    table = (exp / 'metrics.md').read_text()
-    assert 'Average' in table and ('GoPro' in table) == ('5task' in option_file)
