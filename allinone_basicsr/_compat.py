@@ -4,11 +4,14 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
 
 1. ``import basicsr`` fails: ``torchvision.transforms.functional_tensor`` was removed from torchvision. We
    register a module of that name exposing ``rgb_to_grayscale`` from ``torchvision.transforms.functional``.
-2. Resume on a machine without CUDA fails: ``basicsr.train.load_resume_state`` maps the state onto
-   ``torch.cuda.current_device()``. Ours loads onto the CPU when CUDA is absent.
-3. Distributed runs without CUDA fail: ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` (division by
-   zero without GPUs) and uses NCCL. Ours uses gloo and skips ``set_device`` when CUDA is absent.
-   (``BaseModel.model_to_device`` passes CUDA ``device_ids`` to DDP; ``AllInOneModel`` overrides it.)
+2. Resume fails: ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()`` (an
+   error without CUDA; on a GPU the RNG states then cannot be restored). ``resume.load_resume_state`` replaces it:
+   it loads onto the CPU (and skips unreadable states).
+3. Distributed runs: ``init_dist('pytorch' | 'slurm')`` calls ``torch.cuda.set_device`` (division by zero without
+   GPUs) and uses NCCL for every tensor, so a CPU model (``num_gpu: 0``) on a CUDA machine hands CPU tensors to
+   NCCL. Ours: without CUDA gloo and no ``set_device``; with CUDA the mixed backend ``cpu:gloo,cuda:nccl`` (each
+   collective goes to the backend of its tensors' device). (``BaseModel.model_to_device`` passes CUDA
+   ``device_ids`` to DDP; ``AllInOneModel`` overrides it.)
 4. lmdb >= 1 refuses to open one environment twice in a process, and BasicSR's LMDB backend opens one per
    dataset. Ours shares one read-only environment per path within the process.
 
@@ -17,7 +20,6 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
 import os
 import sys
 import types
-import warnings
 
 _APPLIED = False
 _LMDB_ENVS = {}
@@ -36,56 +38,42 @@ def _patch_functional_tensor():
     sys.modules[name] = shim
 
 
-def _load_resume_state(opt):
-    """Same as ``basicsr.train.load_resume_state``, but loads onto the CPU when CUDA is absent."""
+def _backend(backend):
+    """The process-group backend: gloo without CUDA; with CUDA, NCCL for CUDA tensors and gloo for CPU ones."""
     import torch
-    from basicsr.utils import check_resume, scandir
+    if not (torch.cuda.is_available() and torch.cuda.device_count() > 0):
+        return 'gloo'
+    return 'cpu:gloo,cuda:nccl' if backend == 'nccl' else backend
 
-    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
-        device_id = torch.cuda.current_device()
-        location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
-    else:
-        location = 'cpu'
 
-    if opt['auto_resume']:
-        # newest first; a state (or its checkpoint) that cannot be read is skipped with a warning
-        state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
-        states = list(scandir(state_path, suffix='state', recursive=False, full_path=False)) \
-            if os.path.isdir(state_path) else []
-        for it in sorted((int(float(v.split('.state')[0])) for v in states), reverse=True):
-            path = os.path.join(state_path, f'{it}.state')
-            model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
-            try:
-                resume_state = torch.load(path, map_location=location, weights_only=True)
-                torch.load(model_path, map_location='cpu', weights_only=True)
-            except Exception as error:  # truncated or corrupt: fall back to the one before
-                warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
-                              f'({type(error).__name__}: {error}); trying the previous one')
-                continue
-            opt['path']['resume_state'] = path
-            check_resume(opt, resume_state['iter'])
-            return resume_state
-        return None
-
-    resume_state_path = opt['path'].get('resume_state')
-    if not resume_state_path:
-        return None
-    if not os.path.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
-    resume_state = torch.load(resume_state_path, map_location=location, weights_only=True)
-    check_resume(opt, resume_state['iter'])
-    return resume_state
+def _set_device(rank):
+    import torch
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
 
 
 def _init_dist_pytorch(backend='nccl', **kwargs):
-    """``basicsr.utils.dist_util._init_dist_pytorch`` that also works without CUDA (gloo, no set_device)."""
-    import torch
+    """``basicsr.utils.dist_util._init_dist_pytorch`` with ``_backend``; the device is the local rank's."""
     import torch.distributed as dist
-    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-        torch.cuda.set_device(int(os.environ['RANK']) % torch.cuda.device_count())
-    else:
-        backend = 'gloo'
-    dist.init_process_group(backend=backend, **kwargs)
+    _set_device(int(os.environ.get('LOCAL_RANK', os.environ['RANK'])))
+    dist.init_process_group(backend=_backend(backend), **kwargs)
+
+
+def _init_dist_slurm(backend='nccl', port=None):
+    """``basicsr.utils.dist_util._init_dist_slurm`` with ``_backend`` and no GPU arithmetic without GPUs."""
+    import subprocess
+
+    import torch.distributed as dist
+    proc_id, ntasks = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
+    local_rank = int(os.environ.get('SLURM_LOCALID', proc_id))
+    _set_device(local_rank)
+    node_list = os.environ['SLURM_NODELIST']
+    os.environ['MASTER_ADDR'] = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ.update(WORLD_SIZE=str(ntasks), RANK=str(proc_id), LOCAL_RANK=str(local_rank))
+    dist.init_process_group(backend=_backend(backend))
 
 
 def _patch_lmdb_backend():
@@ -118,7 +106,9 @@ def apply():
     _patch_functional_tensor()
     import basicsr.train
     import basicsr.utils.dist_util as dist_util
-    basicsr.train.load_resume_state = _load_resume_state
+    from .resume import load_resume_state
+    basicsr.train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
+    dist_util._init_dist_slurm = _init_dist_slurm
     _patch_lmdb_backend()
     _APPLIED = True

@@ -18,10 +18,10 @@ from os import path as osp
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 import torch
-from allinone_basicsr._compat import _load_resume_state
+from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.data.samplers import ResumableSampler
+from allinone_basicsr.resume import load_resume_state
 from basicsr.data import build_dataloader
-from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
@@ -42,11 +42,11 @@ def _resumable_loader(opt, train_loader):
 def _prefetcher(opt, loader):
     mode = opt['datasets']['train'].get('prefetch_mode')
     if mode in (None, 'cpu'):
-        return CPUPrefetcher(loader)
+        return LazyCPUPrefetcher(loader)
     if mode == 'cuda':
         if opt['datasets']['train'].get('pin_memory') is not True:
             raise ValueError('datasets.train.prefetch_mode: cuda needs pin_memory: true')
-        return CUDAPrefetcher(loader, opt)
+        return LazyCUDAPrefetcher(loader, opt)
     raise ValueError(f"datasets.train.prefetch_mode {mode!r} is not one of: ~, 'cpu', 'cuda'")
 
 
@@ -76,7 +76,7 @@ def train_pipeline(root_path):
     opt, args = parse_options(root_path, is_train=True)
     opt['root_path'] = root_path
     torch.backends.cudnn.benchmark = True
-    resume_state = _load_resume_state(opt)
+    resume_state = load_resume_state(opt)
     if resume_state is None:
         make_exp_dirs(opt)
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:

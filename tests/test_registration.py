@@ -26,5 +26,7 @@ def test_compat_is_applied():
     import torchvision.transforms.functional_tensor as ft  # noqa: F401  (removed upstream; the shim provides it)
 
     from allinone_basicsr import _compat
-    assert basicsr.train.load_resume_state is _compat._load_resume_state
+    from allinone_basicsr.resume import load_resume_state
+    assert basicsr.train.load_resume_state is load_resume_state
     assert dist_util._init_dist_pytorch is _compat._init_dist_pytorch
+    assert dist_util._init_dist_slurm is _compat._init_dist_slurm

@@ -11,6 +11,8 @@ class TaskClassificationLoss(nn.Module):
     """Cross-entropy between degradation logits and the batch's class labels, averaged over every logits tensor.
 
     Archs return one logits tensor per router (DaAIR: one per DaLe) or a single one; each is (B, classes).
+    The labels are not range-checked here (reading them would stop the GPU every step): ``AllInOneModel`` checks
+    the loader's CPU labels against the logits' width.
 
     Args:
         loss_weight (float): Weight of the loss. Default: 0.01 (DaAIR spec; PromptDSANet uses 0.1).
@@ -26,9 +28,5 @@ class TaskClassificationLoss(nn.Module):
         logits = [logits] if torch.is_tensor(logits) else list(logits)
         if not logits:
             raise ValueError('TaskClassificationLoss: the arch returned no task logits')
-        classes = logits[0].shape[1]
-        if int(target.max()) >= classes or int(target.min()) < 0:
-            raise ValueError(f'TaskClassificationLoss: label {int(target.max())} out of range for {classes} classes; '
-                             f'the dataset degradation_classes and the arch (e.g. num_experts) disagree')
         losses = [F.cross_entropy(lg, target, label_smoothing=self.label_smoothing) for lg in logits]
         return self.loss_weight * torch.stack(losses).mean()

@@ -1,12 +1,10 @@
 """AllInOneModel: BasicSR's SRModel with the all-in-one training and evaluation protocol."""
 import csv
 import os
-import random
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
@@ -18,7 +16,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from ..metrics.routing_accuracy_metric import calculate_routing_accuracy
+from ..metrics.routing_accuracy_metric import routing_vote
+from ..resume import gather_rng_states, restore_rng_states
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
 from .optimization import optimizer_class, scheduler_class
 
@@ -125,7 +124,10 @@ class AllInOneModel(SRModel):
     def feed_data(self, data):
         super().feed_data(data)
         self.lq_path = data.get('lq_path')
-        self.degradation = data['degradation'].to(self.device) if 'degradation' in data else None
+        labels = data.get('degradation')
+        self.degradation = labels.to(self.device) if labels is not None else None
+        # the labels as the loader gave them (CPU): checked against the arch's classes without a device sync
+        self._labels_host = labels.tolist() if labels is not None and labels.device.type == 'cpu' else None
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
@@ -150,11 +152,14 @@ class AllInOneModel(SRModel):
                 if value is not None:
                     loss_dict[name] = value
         if self.cri_cls is not None:
+            self._check_labels(task_logits[0].shape[1])
             loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
         l_total = sum(loss_dict.values())
-        if not self._loss_is_finite(l_total, loss_dict, current_iter):
-            return  # step skipped: no backward, no optimizer step, no EMA
+        finite = torch.isfinite(l_total.detach())
         l_total.backward()
+        # the one host sync of the step, after the backward is queued: skip the step if any rank's loss is not finite
+        if not self._loss_is_finite(finite, loss_dict, current_iter):
+            return  # step skipped: no optimizer step, no EMA
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
         self.optimizer_g.step()
@@ -162,16 +167,39 @@ class AllInOneModel(SRModel):
         bare = self.get_bare_model(self.net_g)
         if hasattr(bare, 'after_optimizer_step'):
             bare.after_optimizer_step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        pending = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
         if self.cri_cls is not None:  # share of the batch whose router vote is right (logged, not a loss)
-            self.log_dict['route_acc'] = calculate_routing_accuracy(
-                [lg.detach() for lg in task_logits], self.degradation)
+            votes = routing_vote([lg.detach() for lg in task_logits])
+            pending['route_acc'] = (votes == self.degradation).float().mean()
+        self._pending_log = pending  # turned into numbers when read (log_dict), not here: no sync in the step
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
-    def _loss_is_finite(self, l_total, loss_dict, current_iter):
+    @property
+    def log_dict(self):
+        """The last step's losses (and ``route_acc``) as numbers, averaged over the ranks (BasicSR's
+        ``reduce_loss_dict``). Computed when read -- the training loop reads it every ``print_freq`` iterations, on
+        every rank -- so the training step itself never waits for the device."""
+        pending = self.__dict__.pop('_pending_log', None)
+        if pending is not None:
+            self.__dict__['_log_values'] = self.reduce_loss_dict(pending)
+        return self.__dict__.get('_log_values', OrderedDict())
+
+    @log_dict.setter
+    def log_dict(self, values):
+        self.__dict__.pop('_pending_log', None)
+        self.__dict__['_log_values'] = values
+
+    def _check_labels(self, num_classes):
+        """The batch's labels fit the arch's classes (checked on the loader's CPU labels: no device sync)."""
+        if self._labels_host and not all(0 <= label < num_classes for label in self._labels_host):
+            raise ValueError(f'degradation label {max(self._labels_host)} out of range for the {num_classes} classes '
+                             f'of {self.opt["network_g"]["type"]}: datasets.train.degradation_classes and the arch '
+                             '(num_experts / num_classes) disagree')
+
+    def _loss_is_finite(self, finite, loss_dict, current_iter):
         """A NaN/Inf loss (on any rank) skips the step; ``train.max_nonfinite_steps`` in a row stop the run."""
-        bad = torch.tensor(float(not torch.isfinite(l_total.detach()).item()), device=l_total.device)
+        bad = (~finite).float()
         if self.opt['dist']:
             torch.distributed.all_reduce(bad)  # every rank skips together, or DDP would hang
         if bad.item() == 0:
@@ -226,16 +254,19 @@ class AllInOneModel(SRModel):
         name = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
 
-    @master_only
     def save_training_state(self, epoch, current_iter):
+        """Optimizers, schedulers and every rank's RNG states (gathered: every rank calls this; rank 0 writes)."""
         if current_iter == -1:
+            return
+        rng = gather_rng_states(self.opt)
+        if self.opt['rank'] != 0:
             return
         state = {
             'epoch': epoch,
             'iter': current_iter,
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
-            'rng': get_rng_states(),
+            'rng': rng,
             'nonfinite_streak': self._nonfinite_streak,
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
@@ -244,7 +275,7 @@ class AllInOneModel(SRModel):
         """Optimizers and schedulers (BasicSR), plus the RNG states saved with them."""
         super().resume_training(resume_state)
         if 'rng' in resume_state:
-            set_rng_states(resume_state['rng'])
+            restore_rng_states(resume_state['rng'], self.opt)
         self._nonfinite_streak = resume_state.get('nonfinite_streak', 0)
 
     # ------------------------------------------------------------------ validation
@@ -279,7 +310,19 @@ class AllInOneModel(SRModel):
 
     def _validate(self, dataloader, current_iter, tb_logger, save_img, rank, world_size):
         """Score images ``rank, rank + world_size, ...`` of the set; with several ranks gather every image's scores;
-        average them in image order, then log and tabulate the set (identical on every rank)."""
+        average them in image order, then log and tabulate the set (identical on every rank).
+
+        cuDNN's autotuning (``cudnn.benchmark``, on for training) is off meanwhile: test images come in many sizes,
+        and it would re-tune every convolution for each new size.
+        """
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            self._validate_set(dataloader, current_iter, tb_logger, save_img, rank, world_size)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+
+    def _validate_set(self, dataloader, current_iter, tb_logger, save_img, rank, world_size):
         dataset = dataloader.dataset
         dataset_opt = dataset.opt
         dataset_name = dataset_opt['name']
@@ -399,30 +442,6 @@ def check_state_dict_fits(net, state, strict, load_path):
                                     ('not in the network', unexpected)) if keys]
         raise ValueError(f'path.pretrain_network_g: {load_path} does not fit {net.__class__.__name__} '
                          f'(another arch or network_g config?). ' + '; '.join(parts))
-
-
-def get_rng_states():
-    """torch (CPU and CUDA), numpy and python RNG states, as tensors and ints (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
-                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
-        'python': {'version': py_state[0], 'state': list(py_state[1]), 'gauss_next': py_state[2]},
-    }
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states['torch'])
-    if states.get('cuda') and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
-    n = states['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                         n['cached_gaussian']))
-    p = states['python']
-    random.setstate((p['version'], tuple(p['state']), p['gauss_next']))
 
 
 def _average_row(rows):

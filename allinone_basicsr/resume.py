@@ -1,0 +1,106 @@
+"""Exact resume: the RNG states of every rank and the loading of training states.
+
+A training state (``training_states/<iter>.state``, written by ``AllInOneModel.save_training_state``) holds, besides
+BasicSR's optimizers and schedulers, the torch (CPU and CUDA), numpy and python RNG states of every rank (a list,
+one entry per rank), as tensors and plain numbers so it loads with ``weights_only=True``. It is always loaded onto
+the CPU: the RNG setters need CPU byte tensors, and ``Optimizer.load_state_dict`` moves the optimizer state onto
+the parameters' device itself.
+"""
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+
+def get_rng_states():
+    """This process's torch (CPU and CUDA), numpy and python RNG states."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
+                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
+        'python': {'version': py_state[0], 'state': list(py_state[1]), 'gauss_next': py_state[2]},
+    }
+
+
+def set_rng_states(states):
+    """Restore the states of :func:`get_rng_states` (tensors on any device are copied to the CPU first)."""
+    torch.set_rng_state(states['torch'].cpu())
+    if states.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states['cuda']])
+    n = states['numpy']
+    np.random.set_state(('MT19937', n['keys'].cpu().numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    p = states['python']
+    random.setstate((p['version'], tuple(p['state']), p['gauss_next']))
+
+
+def gather_rng_states(opt):
+    """Every rank's RNG states, in rank order (a list of one in a single process). A collective when distributed:
+    every rank must call it."""
+    states = get_rng_states()
+    if not opt.get('dist'):
+        return [states]
+    import torch.distributed as dist
+    gathered = [None] * opt['world_size']
+    dist.all_gather_object(gathered, states)
+    return gathered
+
+
+def restore_rng_states(saved, opt):
+    """Restore this rank's entry of a training state's ``rng``.
+
+    ``saved`` is a list with one entry per rank, or (older states) rank 0's dict alone. A state saved with another
+    number of ranks cannot continue exactly: the ranks then keep the RNGs seeded at start, with a warning.
+    """
+    rank, world_size = opt.get('rank', 0), opt.get('world_size', 1)
+    if isinstance(saved, dict):
+        saved = [saved]
+    if len(saved) != world_size:
+        warnings.warn(f'the training state holds the RNG states of {len(saved)} rank(s), this run has {world_size}: '
+                      'the RNGs stay as seeded at start (the run does not continue exactly)')
+        return
+    set_rng_states(saved[rank])
+
+
+def load_resume_state(opt):
+    """The training state to resume from, loaded onto the CPU, or None.
+
+    Same as ``basicsr.train.load_resume_state`` (``--auto_resume``: the newest state of the experiment; else
+    ``path.resume_state``), except that it always loads onto the CPU (BasicSR maps it onto the current GPU, from
+    which the RNG states cannot be restored), and that with ``--auto_resume`` a state (or its checkpoint) that
+    cannot be read is skipped with a warning and the one before is used.
+    """
+    from basicsr.utils import check_resume, scandir
+
+    if opt['auto_resume']:
+        state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
+        states = list(scandir(state_path, suffix='state', recursive=False, full_path=False)) \
+            if os.path.isdir(state_path) else []
+        for it in sorted((int(float(v.split('.state')[0])) for v in states), reverse=True):
+            path = os.path.join(state_path, f'{it}.state')
+            model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
+            try:
+                resume_state = torch.load(path, map_location='cpu', weights_only=True)
+                torch.load(model_path, map_location='cpu', weights_only=True)
+            except Exception as error:  # truncated or corrupt: fall back to the one before
+                warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
+                              f'({type(error).__name__}: {error}); trying the previous one')
+                continue
+            opt['path']['resume_state'] = path
+            check_resume(opt, resume_state['iter'])
+            return resume_state
+        return None
+
+    resume_state_path = opt['path'].get('resume_state')
+    if not resume_state_path:
+        return None
+    if not os.path.isfile(resume_state_path):
+        raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
+    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
