@@ -9,7 +9,8 @@ Usage:
 Each measurement runs in its own subprocess (so peak memory is that of one method and one mode): a train step
 (forward + L1 backward + AdamW step) on 1×3×T×T and a no-grad forward on 1×3×I×I, one warm-up then the best of
 ``--repeats`` runs (a shared machine's noise only ever adds time). Peak memory: CUDA's max allocated when on GPU,
-else the process's peak RSS growth during the runs. Prints a markdown table.
+else the process's peak RSS growth during the runs. Prints a markdown table. ``--channels-last`` puts the input and
+every 4-D parameter and buffer in channels-last memory (5-D ones, PromptIR's and PromptDSANet's prompts, stay).
 
 ``--compare-official PATH``: PATH is a local checkout of the official SymUNet (WenlongJiao/SymUNet) or PromptIR
 (va1shn9v/PromptIR) repository; the official code is imported from there for this benchmark only (it needs
@@ -112,6 +113,16 @@ def _step_fns(torch, net, x, target, opt, dev, bf16=False, run=None):
     return train, infer
 
 
+def to_channels_last(torch, net):
+    """Every 4-D parameter and buffer of ``net`` in channels-last memory, in place. ``Module.to(memory_format=...)``
+    also converts 5-D tensors and fails on them (PromptIR's and PromptDSANet's ``prompt_param``): those, and all
+    others, are left as they are."""
+    for tensor in list(net.parameters()) + list(net.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return net
+
+
 def worker(args_json):
     """One measurement in this process: prints a JSON line (best seconds, median seconds, peak memory, device)."""
     import resource
@@ -125,10 +136,13 @@ def worker(args_json):
     else:
         kw = {'clip_model_name': 'openai/clip-vit-large-patch14'} if a['method'] == 'SESymUNet' else {}
         net = ARCH_REGISTRY.get(a['method'])(**kw)
-    fmt = torch.channels_last if a['channels_last'] else torch.contiguous_format
-    net = net.to(dev).to(memory_format=fmt)
+    net = net.to(dev)
+    if a['channels_last']:
+        to_channels_last(torch, net)
     run = torch.compile(net) if a['compile'] else net
-    x = torch.rand(1, 3, a['size'], a['size'], device=dev).to(memory_format=fmt)
+    x = torch.rand(1, 3, a['size'], a['size'], device=dev)
+    if a['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
     train, infer = _step_fns(torch, net, x, x, opt, dev, a['bf16'], run)
     step = train if a['mode'] == 'train' else infer

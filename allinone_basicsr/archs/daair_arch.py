@@ -9,21 +9,24 @@ and exposed as options).
 - Every encoder and decoder block starts with a **DaLe** (degradation-aware learner): a low-rank *agnostic*
   expert (1×1 down-projection to rank C/ρ, then a Conv2Former convolutional modulation) seen by every sample,
   multiplied by one *specialised* expert per degradation chosen per sample by a router (GAP → linear → top-1),
-  then one shared 1×1 up-projection. The batch is split into per-expert groups (index_select), not looped over.
+  then one shared 1×1 up-projection. The whole batch runs in one pass with per-sample expert weights (gathered on
+  the device by the routing choice): no per-sample loop, no host sync, every expert in the autograd graph.
 - Decoder blocks replace self-attention by cross-attention whose keys come from a **controller**: a copy of the
   encoder's agnostic expert at the same level, updated only by ``θ ← α·θ + (1−α)·θ_enc`` after every optimizer step
   (:meth:`DaAIR.after_optimizer_step`). Its weights are buffers: in the state dict, never in the optimizer.
 - ``forward(x, return_task_logits=True)`` also returns every router's logits (for ``TaskClassificationLoss``);
   ``task_labels`` routes by the given classes instead of the routers' votes (optional teacher forcing).
 """
+from operator import attrgetter
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, crop_output,
-                               attend_and_project, channel_attention, pad_to_multiple, transformer_stage)
+from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, attend_and_project,
+                               channel_attention, channels_last, crop_output, pad_to_multiple, transformer_stage)
 
 
 class LowRankExpert(nn.Module):
@@ -45,6 +48,13 @@ class LowRankExpert(nn.Module):
         return z + self.proj(self.attn_dw(F.gelu(self.attn(n))) * self.value(n))
 
 
+# A LowRankExpert's parameters in the order DaLe packs them per sample (``DaLe.expert_weights``); the biases exist
+# with ``bias=True`` only.
+EXPERT_WEIGHTS = ('down.weight', 'norm.body.weight', 'norm.body.bias', 'attn.weight', 'value.weight', 'attn_dw.weight',
+                  'proj.weight')
+EXPERT_BIASES = ('attn.bias', 'value.bias', 'attn_dw.bias', 'proj.bias')
+
+
 def parameters_to_buffers(module):
     """Turn every parameter of ``module`` into a buffer of the same name (kept in the state dict, never trained)."""
     for sub in module.modules():
@@ -57,41 +67,90 @@ def parameters_to_buffers(module):
 class DaLe(nn.Module):
     """Degradation-aware learner: agnostic expert ⊙ routed specialised expert, then a shared up-projection.
 
-    Returns ``(features, router_logits)``. Each sample goes to one expert (``task_labels`` if given, else the
-    router's argmax); with ``gate_by_prob`` the expert output is scaled by the router's probability of that expert,
-    so the restoration loss trains the router too.
+    Returns ``(features, router_logits)``, the features channels-last. Each sample goes to one expert
+    (``task_labels`` if given, else the router's argmax); with ``gate_by_prob`` the expert output is scaled by the
+    router's probability of that expert, so the restoration loss trains the router too.
     """
 
     def __init__(self, dim, rank, num_experts, kernel_size=11, bias=False, gate_by_prob=True):
         super().__init__()
         self.num_experts = num_experts
         self.gate_by_prob = gate_by_prob
+        self.rank = rank
+        self.kernel_size = kernel_size
         self.agnostic = LowRankExpert(dim, rank, kernel_size, bias)
         self.experts = nn.ModuleList(LowRankExpert(dim, rank, kernel_size, bias) for _ in range(num_experts))
         self.router = nn.Linear(dim, num_experts, bias=False)
         self.up = nn.Conv2d(rank, dim, 1, bias=False)
+        # The order in which each expert's weights are laid out in one row of the per-sample weight table (attn and
+        # value side by side: one product computes both); every parameter of an expert is in it.
+        self._packed = [name for name in EXPERT_WEIGHTS + EXPERT_BIASES
+                        if name in dict(self.experts[0].named_parameters())]
+        assert sorted(self._packed) == sorted(n for n, _ in self.experts[0].named_parameters())
+
+    def expert_weights(self, choice):
+        """Every weight of expert ``choice[b]`` for each sample b: name → (B, *shape), plus ``'attn+value.weight'``,
+        (B, 2·rank, rank), the two 1×1 weights stacked (a view: they are adjacent in the table).
+
+        The experts' parameters are packed into one (experts, P) table on every call (so each one stays in the
+        autograd graph, with a zero gradient when no sample chose it) and its rows gathered by ``choice`` on the
+        device: no group sizes are read back to the host."""
+        getters = [attrgetter(name) for name in self._packed]
+        table = torch.stack([torch.cat([get(expert).reshape(-1) for get in getters]) for expert in self.experts])
+        rows = table.index_select(0, choice)
+        shapes = [get(self.experts[0]).shape for get in getters]
+        weights = {name: part.view(-1, *shape) for name, shape, part in
+                   zip(self._packed, shapes, rows.split([shape.numel() for shape in shapes], dim=1))}
+        start = self._packed.index('attn.weight')
+        assert self._packed[start + 1] == 'value.weight'
+        offset = sum(shape.numel() for shape in shapes[:start])
+        weights['attn+value.weight'] = rows[:, offset:offset + 2 * self.rank**2].view(-1, 2 * self.rank, self.rank)
+        return weights
 
     def route(self, h, choice):
-        """Run each sample through expert ``choice[b]``: group the batch by expert, run each group once, restore
-        the batch order.
+        """Run each sample through expert ``choice[b]`` in one pass over the whole batch with per-sample weights
+        (the same function as ``self.experts[choice[b]](h[b])``, one expert's compute per sample).
 
-        An expert whose group is empty still runs (on zero samples, which costs nothing), so every expert's weights
-        are in the autograd graph with a zero gradient. DistributedDataParallel then needs no unused-parameter search
-        (``find_unused_parameters``) although a rank's batch often holds no sample of some class.
+        The 1×1 convolutions are batched matrix products over the channels-last (B, H·W, C) view, the LayerNorm
+        takes each sample's affine, and the depthwise k×k convolution is one grouped convolution (groups = B·rank)
+        with each sample's kernels. Nothing depends on how many samples each expert gets: no host sync (the old
+        ``bincount().tolist()`` grouping waited for the device in every block), and the shapes, hence cuDNN's
+        autotuned algorithms, stay the same from batch to batch. Every expert's weights are in the graph (see
+        :meth:`expert_weights`): DistributedDataParallel needs no unused-parameter search although a rank's batch
+        often holds no sample of some class. Returns (B, rank, H, W), channels-last.
         """
-        order = torch.argsort(choice, stable=True)
-        counts = torch.bincount(choice, minlength=self.num_experts).tolist()
-        groups = h.index_select(0, order).split(counts)
-        outs = [expert(group) for expert, group in zip(self.experts, groups)]
-        return torch.cat(outs).index_select(0, torch.argsort(order))
+        b, c, height, width = h.shape
+        r, k = self.rank, self.kernel_size
+        w = self.expert_weights(choice)
+        x = channels_last(h).permute(0, 2, 3, 1).reshape(b, height * width, c)  # a view of the channels-last map
+        z = x @ w['down.weight'].view(b, r, c).transpose(1, 2)  # (B, HW, r)
+        n = torch.addcmul(w['norm.body.bias'].unsqueeze(1), F.layer_norm(z, (r, ), eps=self.experts[0].norm.body.eps),
+                          w['norm.body.weight'].unsqueeze(1))
+        # attn and value: one product with the (r → 2r) matrix of both (adjacent in the weight table)
+        attn_value = n @ w['attn+value.weight'].transpose(1, 2)
+        if 'attn.bias' in w:
+            attn_value = attn_value + torch.cat([w['attn.bias'], w['value.bias']], dim=1).unsqueeze(1)
+        a, v = attn_value.split(r, dim=2)
+        # depthwise conv of all samples at once: channels (b, i) → b·r + i of one image, laid out channels-last as
+        # (H, W, B·r) (for one sample a view, no copy); groups = B·r so each sample's channels get its kernels
+        g = F.gelu(a).view(b, height, width, r).permute(1, 2, 0, 3).reshape(1, height, width, b * r)
+        d = F.conv2d(g.permute(0, 3, 1, 2), w['attn_dw.weight'].reshape(b * r, 1, k, k),
+                     w['attn_dw.bias'].reshape(-1) if 'attn_dw.bias' in w else None, padding=k // 2, groups=b * r)
+        d = d.permute(0, 2, 3, 1).view(height, width, b, r).permute(2, 0, 1, 3)  # (B, H, W, r) view
+        m = (d * v.view(b, height, width, r)).reshape(b, height * width, r)
+        proj_in = z if 'proj.bias' not in w else z + w['proj.bias'].unsqueeze(1)
+        out = torch.baddbmm(proj_in, m, w['proj.weight'].view(b, r, r).transpose(1, 2))  # z + proj(...)
+        return out.view(b, height, width, r).permute(0, 3, 1, 2)  # (B, r, H, W), channels-last
 
     def forward(self, h, task_labels=None):
+        h = channels_last(h)
         logits = self.router(h.mean(dim=(2, 3)))
         choice = task_labels if task_labels is not None else logits.argmax(dim=1)
         specialised = self.route(h, choice)
         if self.gate_by_prob:
             specialised = specialised * logits.softmax(dim=1).gather(1, choice[:, None])[:, :, None, None]
-        return self.up(self.agnostic(h) * specialised), logits
+        # channels-last out even where a kernel returns another layout (CUDA); a no-op otherwise
+        return channels_last(self.up(self.agnostic(h) * specialised)), logits
 
 
 class ControllerCrossAttention(nn.Module):

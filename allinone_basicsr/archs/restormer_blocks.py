@@ -21,8 +21,10 @@ Speed (same outputs as the official formulas, see ``tests/test_archs/test_fast_b
   convolutions are several times faster on it on CPU, and the channel LayerNorm becomes a plain last-dim
   ``F.layer_norm`` on a permuted view (no copy). Tensors keep their logical B×C×H×W shape.
 * MDTA: q and k are L2-normalised *after* the C/h × C/h product (dividing the logits by the outer product of the
-  norms) instead of normalising the two H·W-long maps; the value mixing is folded into the output projection
-  (``W_out · blockdiag(attn)``, a C×C matrix), so one 1×1 convolution applies both.
+  norms) instead of normalising the two H·W-long maps (float32; in float16/bfloat16 or under autocast, where the
+  raw product overflows float16 from 256² on, they are normalised first, as the official code does); the value
+  mixing is folded into the output projection (``W_out · blockdiag(attn)``, a C×C matrix), so one 1×1
+  convolution applies both.
 * GDFN: the two halves (gate and value) are computed by two convolutions with slices of the same weights, so the
   backward pass never concatenates their gradients.
 """
@@ -131,14 +133,43 @@ def channel_attention(q, k, num_heads, temperature, eps=1e-12):
     """MDTA's attention weights, (B, heads, C/heads, C/heads): softmax over j of
     ``temperature · <q_i, k_j> / (max(|q_i|, eps) · max(|k_j|, eps))``, dot products and norms over the pixels.
 
-    Equal to normalising q and k first (``F.normalize(·, dim=-1)`` as the official code does), but the division
-    happens on the small C/h × C/h logits instead of two H·W-long maps.
+    float32/float64 (no autocast): equal to normalising q and k first (``F.normalize(·, dim=-1)`` as the official
+    code does), but the division happens on the small C/h × C/h logits instead of two H·W-long maps.
+
+    float16/bfloat16 inputs or autocast: the raw products grow with the pixel count (H·W · |q|·|k|: 65536 at 256²
+    with unit activations, float16's largest value is 65504), so there q and k are normalised first, as in the
+    official code (cosines, at most 1 in magnitude, finite at any size). The result has q's dtype.
     """
     q, k = _pixels_by_channels(q, num_heads), _pixels_by_channels(k, num_heads)
-    logits = q.permute(0, 2, 3, 1) @ k.transpose(1, 2)  # (B, heads, d, HW) @ (B, heads, HW, d)
-    q_norm = torch.linalg.vector_norm(q, dim=1).clamp_min(eps)  # (B, heads, d)
-    k_norm = torch.linalg.vector_norm(k, dim=1).clamp_min(eps)
-    return (logits / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)) * temperature).softmax(dim=-1)
+    if q.dtype in (torch.float32, torch.float64) and not _autocast_enabled(q.device.type):
+        logits = q.permute(0, 2, 3, 1) @ k.transpose(1, 2)  # (B, heads, d, HW) @ (B, heads, HW, d)
+        q_norm = torch.linalg.vector_norm(q, dim=1).clamp_min(eps)  # (B, heads, d)
+        k_norm = torch.linalg.vector_norm(k, dim=1).clamp_min(eps)
+        return (logits / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)) * temperature).softmax(dim=-1)
+    return _low_precision_channel_attention(q, k, temperature, eps)
+
+
+def _autocast_enabled(device_type):
+    """Whether autocast is on for this device type (False for types autocast does not know, such as 'meta')."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _low_precision_channel_attention(q, k, temperature, eps):
+    """``channel_attention`` for float16/bfloat16 (or under autocast) on the (B, HW, heads, d) views: normalise
+    first, then the product of the unit vectors in the low precision."""
+    dtype = q.dtype
+
+    def unit(t):
+        # float32 for the norm: the sum of squares over the pixels overflows float16 (H·W · |t|², 65536 at 256²)
+        norm = torch.linalg.vector_norm(t, dim=1, keepdim=True, dtype=torch.float32).clamp_min(eps)
+        # float32 for the division too (t is promoted, 1 / norm is not rounded to float16, where it could under- or
+        # overflow), then the unit vector (entries at most 1) back to the low precision for the product
+        return (t / norm).to(dtype)
+
+    logits = unit(q).permute(0, 2, 3, 1) @ unit(k).transpose(1, 2)  # cosines, in [-1, 1]
+    # float32 for the temperature scaling and the softmax over the small d × d logits: cheap, and each row of
+    # weights sums to 1 up to float32 rounding before its one rounding to the low precision
+    return (logits.float() * temperature.float()).softmax(dim=-1).to(dtype)
 
 
 def attend_and_project(v, attn, project_out):
@@ -236,7 +267,9 @@ class Downsample(nn.Module):
             nn.Conv2d(n_feat, n_feat // 2, kernel_size=3, padding=1, bias=False), nn.PixelUnshuffle(2))
 
     def forward(self, x):
-        return self.body(x)
+        # channels-last out explicitly: on CUDA pixel_unshuffle returns a contiguous (NCHW) tensor, which every
+        # following block would convert back (on the CPU it keeps channels-last input channels-last: a no-op)
+        return channels_last(self.body(x))
 
 
 class Upsample(nn.Module):
@@ -248,7 +281,8 @@ class Upsample(nn.Module):
             nn.Conv2d(n_feat, n_feat * 2, kernel_size=3, padding=1, bias=False), nn.PixelShuffle(2))
 
     def forward(self, x):
-        return self.body(x)
+        # channels-last out explicitly: on CUDA pixel_shuffle returns a contiguous (NCHW) tensor (see Downsample)
+        return channels_last(self.body(x))
 
 
 def pad_to_multiple(x, multiple, mode='reflect'):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allinone_basicsr.archs.restormer_blocks import MDTA, LayerNorm, crop_to, pad_to_multiple
+from allinone_basicsr.archs.restormer_blocks import MDTA, Downsample, LayerNorm, Upsample, crop_to, pad_to_multiple
 
 
 def manual_layernorm(x, weight, bias):
@@ -67,3 +67,17 @@ def test_pad_to_multiple_handles_inputs_smaller_than_the_pad(size):
     y = pad_to_multiple(x, 32)
     assert y.shape[-2:] == (32, 32)
     assert torch.equal(crop_to(y, *size), x)
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+def test_down_and_upsample_return_channels_last_whatever_the_input_layout(layout):
+    """pixel_(un)shuffle returns NCHW on CUDA; the blocks convert explicitly (here: NCHW input, same effect)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 10).contiguous(memory_format=layout)
+    down, up = Downsample(8), Upsample(8)
+    y_down, y_up = down(x), up(x)
+    assert y_down.shape == (2, 16, 3, 5) and y_up.shape == (2, 4, 12, 20)
+    assert y_down.is_contiguous(memory_format=torch.channels_last)
+    assert y_up.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y_down, F.pixel_unshuffle(F.conv2d(x, down.body[0].weight, padding=1), 2), atol=1e-6)
+    assert torch.allclose(y_up, F.pixel_shuffle(F.conv2d(x, up.body[0].weight, padding=1), 2), atol=1e-6)

@@ -65,3 +65,27 @@ def test_compare_official_names_a_missing_dependency_of_the_official_code(tmp_pa
     proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(tmp_path)], check=False, timeout=300)
     assert proc.returncode != 0
     assert 'the official PromptIR code imports no_such_module_of_the_official_code: pip install' in proc.stderr
+
+
+def test_channels_last_runs_for_an_arch_with_5d_parameters():
+    """PromptIR's ``prompt_param`` is 5-D: ``Module.to(memory_format=torch.channels_last)`` rejected it ("required
+    rank 4 tensor"); only the 4-D parameters, buffers and the input are converted now."""
+    proc = run_python([str(BENCH / 'speed.py'), '--methods', 'PromptIR', '--channels-last', '--train-size', '32',
+                       '--infer-size', '32', '--repeats', '1', '--threads', '1'], check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith('| PromptIR')][0]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert float(cells[1]) > 0 and float(cells[3]) > 0, row
+    assert "flags: ['channels_last']" in proc.stdout
+
+
+def test_to_channels_last_converts_the_4d_tensors_only():
+    import torch
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    net.prompt = torch.nn.Parameter(torch.rand(1, 2, 3, 4, 5))
+    net.register_buffer('table', torch.rand(2, 3, 4, 5))
+    speed.to_channels_last(torch, net)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last) and net[0].weight.shape == (4, 3, 3, 3)
+    assert net.table.is_contiguous(memory_format=torch.channels_last)
+    assert net.prompt.is_contiguous() and isinstance(net.prompt, torch.nn.Parameter)
+    assert sorted(n for n, _ in net.named_parameters()) == ['0.bias', '0.weight', '1.bias', '1.weight', 'prompt']
