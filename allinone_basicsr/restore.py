@@ -57,6 +57,11 @@ def _ramp(length, overlap):
     return w
 
 
+def _blend_mask(height, width, overlap, like):
+    """(1, 1, height, width) blending weights of one tile, on ``like``'s device and dtype."""
+    return torch.from_numpy(np.outer(_ramp(height, overlap), _ramp(width, overlap))).to(like)[None, None]
+
+
 def _starts(size, tile, step):
     if size <= tile:
         return [0]
@@ -75,11 +80,14 @@ def restore_tensor(net, img, tile=0, overlap=32):
     out = torch.zeros_like(img)
     weight = torch.zeros((1, 1, h, w), dtype=img.dtype, device=img.device)
     step = tile - overlap
+    masks = {}  # tile shape -> blend mask: made (and copied to the device) once per shape, not once per tile
     for y in _starts(h, tile, step):
         for x in _starts(w, tile, step):
             patch = img[..., y:y + tile, x:x + tile]
             ph, pw = patch.shape[-2:]
-            mask = torch.from_numpy(np.outer(_ramp(ph, overlap), _ramp(pw, overlap))).to(img)[None, None]
+            mask = masks.get((ph, pw))
+            if mask is None:
+                mask = masks[(ph, pw)] = _blend_mask(ph, pw, overlap, img)
             out[..., y:y + ph, x:x + pw] += net(patch) * mask
             weight[..., y:y + ph, x:x + pw] += mask
     return out / weight

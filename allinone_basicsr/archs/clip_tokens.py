@@ -9,7 +9,9 @@ the CLIP mean/std. :class:`CLIPTokenizer` computes the same tokens with open_cli
 Only the visual tower is built (the text tower is never used), it is frozen (eval mode, ``requires_grad=False``,
 run under ``torch.no_grad()``), and it is *not* an ``nn.Module`` child of the network that uses it, so it is not
 in ``parameters()`` (the optimizer never sees it) nor in ``state_dict()`` (checkpoints stay small). Networks
-built with the same CLIP options in one process (``net_g`` and ``net_g_ema``) share one tower.
+built with the same CLIP options in one process (``net_g`` and ``net_g_ema``) share one tokenizer, which keeps one
+copy of the tower per device and runs the copy on the input's device: DataParallel's replicas (threads, one per
+GPU) each use their own copy, and no copy ever moves while another thread may use it.
 
 Weights (``clip_pretrained``):
     * ``None``: random initialisation from a fixed seed (tests, smoke runs); a warning says the tokens carry no
@@ -115,8 +117,9 @@ def resolve_clip_weights(model_name, pretrained):
 class CLIPTokenizer:
     """Frozen open_clip visual tower: RGB [0, 1] images -> (B, 1 + patches, width) tokens before ``ln_post``.
 
-    Not an ``nn.Module`` on purpose (see the module docstring); :meth:`to` moves it. Use :func:`shared_clip_tokenizer`
-    to build one, so that networks with equal CLIP options share it.
+    Not an ``nn.Module`` on purpose (see the module docstring). Calling it runs the tower's copy on the image's
+    device (:meth:`tower_on`); use :func:`shared_clip_tokenizer` to build one, so that networks with equal CLIP
+    options share it.
 
     Args:
         model_name (str): open_clip model name. Default: ``ViT-L-14-quickgelu``.
@@ -126,16 +129,11 @@ class CLIPTokenizer:
 
     def __init__(self, model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision_overrides=None):
         import open_clip
-        from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
         cfg = clip_vision_config(model_name, vision_overrides)
         self.model_name, self.pretrained = model_name, pretrained
-        # Built with its own seed: a random tower is the same in every process (train, test, each DDP rank), and
-        # building it (lazily, at the first forward) leaves the global RNG stream of training untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            self.tower = _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']),
-                                             quick_gelu=cfg['quick_gelu'])
+        self._cfg = cfg
+        tower = self._build_seeded()
         if pretrained is None:
             warnings.warn(f'CLIP {model_name} has random weights (network_g.clip_pretrained is not set; seeded, so '
                           f'equal in every process): its tokens carry no image semantics. Fine for tests and smoke '
@@ -149,29 +147,98 @@ class CLIPTokenizer:
                     raise RuntimeError(_offline_message(model_name, pretrained, error)) from error
             state = _load_state_dict_file(path)
             try:
-                self.tower.load_state_dict(state, strict=True)
+                tower.load_state_dict(state, strict=True)
             except RuntimeError as error:
                 raise RuntimeError(f'CLIP weights {path!r} do not fit the {model_name} visual tower: '
                                    f'{error}') from error
-        self.tower.eval().requires_grad_(False)
+        tower.eval().requires_grad_(False)
+        # The built tower (CPU) is "spare" until a device first asks for a copy: that device takes it (moved, since
+        # nobody uses it yet), so a GPU run keeps no second copy in host memory. Later devices get new copies.
+        self._spare = tower
+        self._towers = {}  # device -> tower copy, never moved once here
+        self._lock = threading.Lock()
 
         pre = open_clip.get_pretrained_cfg(model_name, 'openai') or {}
         self.mean = tuple(pre.get('mean', open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(pre.get('std', open_clip.OPENAI_DATASET_STD))
+        self._norm = {}  # (device, dtype) -> (mean, std) tensors of shape (3, 1, 1)
         size = cfg['vision_cfg']['image_size']
         self.image_size = size if isinstance(size, int) else size[0]
         self.width = cfg['vision_cfg']['width']
 
-    def to(self, *args, **kwargs):
-        self.tower.to(*args, **kwargs)
-        return self
+    def _build(self):
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+        cfg = self._cfg
+        return _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']), quick_gelu=cfg['quick_gelu'])
+
+    def _build_seeded(self):
+        """The tower on the CPU, initialised from :data:`RANDOM_INIT_SEED`: the same in every process (train, test,
+        each DDP rank). Only the CPU generator is seeded (``torch.manual_seed`` would reseed every CUDA generator
+        too), inside a fork that restores it, so the RNG streams of training are untouched; no CUDA generator is
+        read or written (forking them all would also create a CUDA context on every GPU in every rank)."""
+        with torch.random.fork_rng(devices=[]), torch.device('cpu'):
+            torch.default_generator.manual_seed(RANDOM_INIT_SEED)
+            return self._build()
 
     @property
-    def device(self):
-        return self.tower.conv1.weight.device
+    def tower(self):
+        """A copy of the tower with values (for inspection): the unused one, else the CPU one, else the first."""
+        with self._lock:
+            if self._spare is not None:
+                return self._spare
+            towers = [t for d, t in self._towers.items() if d.type != 'meta']
+            return self._towers.get(torch.device('cpu'), towers[0])
+
+    def tower_on(self, device):
+        """The tower's copy on ``device``, made on first use there (under a lock: concurrent threads build it once)
+        from an existing copy; existing copies are never moved."""
+        device = torch.device(device)
+        if device.index is None and device.type not in ('cpu', 'meta'):  # 'cuda' -> 'cuda:<current>', as tensors say
+            device = torch.empty(0, device=device).device
+        tower = self._towers.get(device)
+        if tower is None:
+            with self._lock:
+                tower = self._towers.get(device)
+                if tower is None:
+                    tower = self._copy_to(device)
+                    self._towers[device] = tower
+        return tower
+
+    def _copy_to(self, device):
+        """A new copy on ``device``: the spare (moved), or the structure built on 'meta' (no memory, no RNG),
+        allocated on ``device`` and filled from an existing copy (the CPU one when there is one). A 'meta' copy
+        holds no values, so it never takes the spare nor serves as a source."""
+        if self._spare is not None and device.type != 'meta':
+            tower, self._spare = self._spare, None
+            return tower.to(device)
+        with torch.device('meta'):
+            tower = self._build()
+        tower = tower.to_empty(device=device).eval().requires_grad_(False)
+        if device.type != 'meta':
+            sources = [t for d, t in self._towers.items() if d.type != 'meta']
+            source = self._towers.get(torch.device('cpu'), sources[0])
+            with torch.no_grad():
+                for mine, theirs in zip(_tensors(tower), _tensors(source)):
+                    mine.copy_(theirs)
+        return tower
+
+    @property
+    def devices(self):
+        """Devices that have a copy of the tower."""
+        return list(self._towers)
 
     def num_parameters(self):
         return sum(p.numel() for p in self.tower.parameters())
+
+    def _normalisation(self, device, dtype):
+        """CLIP's mean and std as (3, 1, 1) tensors on ``device``: made once per device and dtype, so a forward makes
+        no host-to-device copy (and, unlike torchvision's ``normalize``, no ``(std == 0).any()`` host sync)."""
+        key = (device, dtype)
+        stats = self._norm.get(key)
+        if stats is None:
+            stats = tuple(torch.tensor(v, dtype=dtype).view(-1, 1, 1).to(device) for v in (self.mean, self.std))
+            self._norm[key] = stats
+        return stats
 
     def preprocess(self, img):
         """Resize the short side to the tower's input size (bicubic, antialias), centre-crop, normalise."""
@@ -181,15 +248,22 @@ class CLIPTokenizer:
         img = TF.resize(img, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # torchvision's centre crop
         img = img[..., top:top + size, left:left + size]
-        return TF.normalize(img, self.mean, self.std)
+        mean, std = self._normalisation(img.device, img.dtype)
+        return (img - mean) / std  # torchvision's normalize, same numbers
 
     @torch.no_grad()
     def __call__(self, img):
-        x = self.preprocess(img.to(self.device, torch.float32))
-        out = self.tower.forward_intermediates(x, indices=1, stop_early=True, normalize_intermediates=False,
-                                               intermediates_only=True, output_fmt='NLC', output_extra_tokens=True)
+        tower = self.tower_on(img.device)
+        x = self.preprocess(img.to(torch.float32))
+        out = tower.forward_intermediates(x, indices=1, stop_early=True, normalize_intermediates=False,
+                                          intermediates_only=True, output_fmt='NLC', output_extra_tokens=True)
         tokens = torch.cat([out['image_intermediates_prefix'][0], out['image_intermediates'][0]], dim=1)
         return tokens.to(img.dtype)
+
+
+def _tensors(module):
+    """Parameters and buffers (persistent or not) in module order: the same order in two towers of one config."""
+    return list(module.parameters()) + list(module.buffers())
 
 
 def shared_clip_tokenizer(model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision_overrides=None):
@@ -204,17 +278,16 @@ def shared_clip_tokenizer(model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision
 
 
 class FrozenTokenizerSlot:
-    """Holds a tokenizer outside the module tree; deep copies (e.g. an EMA copy) share it instead of cloning it."""
+    """Holds a tokenizer outside the module tree, built on first use; deep copies (e.g. an EMA copy) and
+    DataParallel's replicas share it instead of cloning it (the tokenizer keeps its per-device copies itself)."""
 
     def __init__(self, factory):
         self._factory = factory
         self.tokenizer = None
 
-    def get(self, device):
-        if self.tokenizer is None:
+    def get(self):
+        if self.tokenizer is None:  # a race builds nothing twice: shared_clip_tokenizer hands both the same object
             self.tokenizer = self._factory()
-        if self.tokenizer.device != device:
-            self.tokenizer.to(device)
         return self.tokenizer
 
     def __deepcopy__(self, memo):

@@ -4,8 +4,8 @@
 Built on :class:`~.promptir_arch.PromptIR`'s layout (levels, prompt steps) following ``shared/specs/promptdsanet.md``:
 
 - **Dsa block** (replaces every Restormer block): a channel branch (MDTA) and a spatial branch (global multi-head
-  attention over pixels, ``scaled_dot_product_attention`` restricted to the flash / memory-efficient kernels so
-  memory stays linear in the pixel count), each with its own LayerNorm and residual, fused as
+  attention over pixels through :func:`aligned_attention`, whose inputs the fused flash / memory-efficient
+  kernels accept, so memory stays linear in the pixel count), each with its own LayerNorm and residual, fused as
   ``w_c·X̂_C + w_p·X̂_P``; then the GDFN. ``spatial_window`` (opt-in deviation) computes the spatial branch within
   non-overlapping windows instead.
 - **Prompt Block** = PIM(PGM(P_c, P_i, F), F): PromptIR's prompt generation with each prompt's channels scaled by
@@ -22,16 +22,41 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .promptir_arch import PromptIR
 from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
 
-LINEAR_MEMORY_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+SDPA_HEAD_ALIGNMENT = 8  # CUDA's memory-efficient kernel: head sizes multiple of 8 (fp16/bf16), 4 (fp32, sm80+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def aligned_attention(q, k, v, scale):
+    """``F.scaled_dot_product_attention(q, k, v, scale=scale)`` for (..., tokens, d) inputs, in a form that the fused
+    CUDA kernels take for any head size d and dtype (and the fused CPU kernel always takes): contiguous, head size
+    a multiple of :data:`SDPA_HEAD_ALIGNMENT`.
+
+    A head size that is not a multiple of :data:`SDPA_HEAD_ALIGNMENT` is zero-padded to one: the padded entries add
+    0 to every q·k, and the padded columns of v give output columns of 0, which are dropped, so the result is the
+    attention of the unpadded inputs (equal within float rounding: the kernel sums in another order). ``scale`` is
+    explicit because the default, ``1/√d``, would change with the padded d. Contiguous inputs have the unit last-dim
+    stride the fused kernels need (otherwise SDPA falls back to the math kernel, which stores tokens × tokens). No
+    kernel is forced: ``torch.nn.attention.sdpa_kernel`` changes process-wide flags, which races between the
+    threads of DataParallel. Under a jit trace (the complexity analysis) nothing is padded, so the counted MACs are
+    the model's.
+    """
+    d = q.shape[-1]
+    if k.shape[-1] != d or v.shape[-1] != d:
+        raise ValueError(f'aligned_attention: q, k, v need one head size, got {d}, {k.shape[-1]}, {v.shape[-1]}')
+    # Not in a trace: the complexity analysis (a jit trace) counts the model's MACs, which padding does not change.
+    pad = 0 if torch.jit.is_tracing() else -d % SDPA_HEAD_ALIGNMENT
+    if pad:  # one copy either way: the padded tensor, or the contiguous one
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out[..., :d] if pad else out
 
 
 class SpatialSelfAttention(nn.Module):
@@ -57,11 +82,11 @@ class SpatialSelfAttention(nn.Module):
         return t.reshape(b, h // s, s, w // s, s, c).transpose(2, 3).reshape(-1, s * s, c)
 
     def _tokens(self, t):
-        """(B, C, H, W) map -> (B', heads, tokens, d), contiguous (fused SDPA kernels need a unit last-dim stride).
-        Read through the channels-last view, so a global map costs one copy."""
+        """(B, C, H, W) map -> (B', heads, tokens, d), a view when possible (:func:`aligned_attention` makes the one
+        copy). Read through the channels-last view, so a global map costs one copy."""
         b, c, h, w = t.shape
         t = self._windows(t.permute(0, 2, 3, 1), b, h, w)
-        return t.reshape(t.shape[0], t.shape[1], self.num_heads, c // self.num_heads).transpose(1, 2).contiguous()
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, x):
         b, c, h, w = x.shape
@@ -69,8 +94,7 @@ class SpatialSelfAttention(nn.Module):
             x = pad_to_multiple(x, self.window)
         hp, wp = x.shape[-2:]
         q, k, v = (self._tokens(t) for t in self.qkv_dwconv(self.qkv(channels_last(x))).chunk(3, dim=1))
-        with sdpa_kernel(LINEAR_MEMORY_KERNELS):  # never the math kernel, which materialises tokens × tokens
-            out = F.scaled_dot_product_attention(q / self.alpha, k, v, scale=1.0)
+        out = aligned_attention(q / self.alpha, k, v, scale=1.0)  # fused kernel: memory linear in the tokens
         out = out.transpose(1, 2).reshape(out.shape[0], -1, c)  # (B', tokens, C)
         if self.window:
             s = self.window

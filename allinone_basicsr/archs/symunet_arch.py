@@ -13,6 +13,7 @@ keys, same outputs (checked against ``shared/reference/symunet_tiny_reference.pt
 * CLIP is not part of the module tree: it is frozen, never optimised and not written into checkpoints.
 """
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,10 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
 from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, resolve_clip_model_name,
                           resolve_clip_weights, shared_clip_tokenizer)
+from .promptdsa_arch import aligned_attention
 from .restormer_blocks import channels_last, crop_output, pad_to_multiple, transformer_stage
+
+POS_CACHE_SIZE = 4  # position embeddings kept per module, device and dtype (one per token count)
 
 
 @ARCH_REGISTRY.register()
@@ -120,7 +124,8 @@ class CrossAttention(nn.Module):
     """Multi-head attention of a query sequence over a context sequence, both layer-normalised first.
 
     Official key names (``norm_query``, ``norm_context``, ``to_q/k/v`` without bias, ``to_out.0``); the softmax
-    scale is ``(inner_dim / num_heads) ** -0.5``, computed by ``scaled_dot_product_attention``.
+    scale is ``(inner_dim / num_heads) ** -0.5``, passed explicitly to :func:`~.promptdsa_arch.aligned_attention`
+    (``scaled_dot_product_attention`` with CUDA-aligned head sizes).
     """
 
     def __init__(self, query_dim, context_dim, inner_dim, num_heads=8, dropout=0.0):
@@ -128,6 +133,7 @@ class CrossAttention(nn.Module):
         if inner_dim % num_heads:
             raise ValueError(f'inner dim {inner_dim} is not divisible by {num_heads} heads')
         self.num_heads = num_heads
+        self.scale = 1 / math.sqrt(inner_dim // num_heads)  # what SDPA computes by default for the unpadded size
         self.norm_query = nn.LayerNorm(query_dim)
         self.norm_context = nn.LayerNorm(context_dim)
         self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
@@ -143,7 +149,7 @@ class CrossAttention(nn.Module):
         context = self.norm_context(context)
         q = self._heads(self.to_q(self.norm_query(query)))
         k, v = self._heads(self.to_k(context)), self._heads(self.to_v(context))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = aligned_attention(q, k, v, self.scale)
         b, _, n, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -161,16 +167,26 @@ class _PatchTokenAttention(nn.Module):
         self.patch_dim = image_dim * patch_size**2
         self.pos_embed_seed = pos_embed_seed
         self.alpha = nn.Parameter(torch.tensor(1e-4))
-        self._pos_cache = None
+        self._pos_cache = {}  # (device, dtype) -> OrderedDict(num_tokens -> embedding), least recently used first
 
     def position_embedding(self, num_tokens, device, dtype):
-        """A seeded N(0, 1) tensor of shape (1, num_tokens, patch_dim): equal in every run and process."""
-        key = (num_tokens, device, dtype)
-        if self._pos_cache is None or self._pos_cache[0] != key:
+        """A seeded N(0, 1) tensor of shape (1, num_tokens, patch_dim): equal in every run and process.
+
+        Drawn on the CPU (the same numbers on every device) and kept for the last :data:`POS_CACHE_SIZE` token
+        counts per device and dtype, so alternating validation sizes do not draw and copy again. One inner cache
+        per device: DataParallel's replicas share this dict, and each replica thread only touches its own device's.
+        """
+        cache = self._pos_cache.setdefault((torch.device(device), dtype), OrderedDict())
+        pos = cache.get(num_tokens)
+        if pos is None:
             gen = torch.Generator().manual_seed((self.pos_embed_seed * 1000003 + num_tokens) % 2**63)
-            pos = torch.randn(1, num_tokens, self.patch_dim, generator=gen)
-            self._pos_cache = (key, pos.to(device=device, dtype=dtype))
-        return self._pos_cache[1]
+            pos = torch.randn(1, num_tokens, self.patch_dim, generator=gen).to(device=device, dtype=dtype)
+            cache[num_tokens] = pos
+            while len(cache) > POS_CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(num_tokens)
+        return pos
 
     def image_tokens(self, image):
         tokens = F.pixel_unshuffle(image, self.patch_size).flatten(2).transpose(1, 2)
@@ -282,13 +298,14 @@ class SESymUNet(SymUNet):
             multiple = math.lcm(multiple, 2**level * patch_sizes[level])
         self.padder_size = math.lcm(self.padder_size, multiple)
 
-    def clip_tokenizer(self, device=None):
-        """The frozen CLIP tokenizer (built on first use; not a submodule)."""
-        return self._clip.get(device or self.intro.weight.device)
+    def clip_tokenizer(self):
+        """The frozen CLIP tokenizer (built on first use; not a submodule). It keeps one copy of the tower per device
+        and runs the copy on the input's device, so DataParallel's replicas never move a tower another one uses."""
+        return self._clip.get()
 
     def forward(self, inp):
         h, w = inp.shape[-2:]
-        tokens = self.clip_tokenizer(inp.device)(inp)  # from the raw LQ input, before padding (as official)
+        tokens = self.clip_tokenizer()(inp)  # from the raw LQ input, before padding (as official)
         inp = pad_to_multiple(inp, self.padder_size)
         x, skips = self.encode(self.intro(channels_last(inp)))
         x = self.middle_blks(self.middle_guide_attention(x, tokens))

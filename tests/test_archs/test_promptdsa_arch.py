@@ -140,26 +140,72 @@ def test_sizes_against_promptir():
 
 def test_spatial_attention_memory_is_linear_in_pixels():
     """A 128×128 map (16,384 tokens): the attention matrix alone would be 1 GiB per head; the fused kernel keeps the
-    peak far below. A layout that the fused kernels cannot take is an error, never a silent N×N fallback."""
+    peak far below, for an aligned head size (16) and one that is padded (13 -> 16). SDPA receives only inputs that
+    the fused kernel takes (no silent N×N math fallback), whatever the layout given to the helper."""
     code = '''
 import resource, torch
 from allinone_basicsr.archs.promptdsa_arch import SpatialSelfAttention
-attn = SpatialSelfAttention(16, 1)
-x = torch.randn(1, 16, 128, 128, requires_grad=True)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-attn(x).sum().backward()
+for dim in (16, 13):
+    attn = SpatialSelfAttention(dim, 1)
+    x = torch.randn(1, dim, 128, 128, requires_grad=True)
+    attn(x).sum().backward()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 '''
     proc = run_python(['-c', code], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     growth_mb = float(proc.stdout.strip().splitlines()[-1])
     assert growth_mb < 256, f'peak memory grew {growth_mb:.0f} MB: the N×N attention matrix is 1024 MB'
-    from torch.nn.attention import sdpa_kernel
+    from torch.nn.attention import SDPBackend
 
-    from allinone_basicsr.archs.promptdsa_arch import LINEAR_MEMORY_KERNELS
-    q = torch.randn(1, 1, 16, 64).transpose(-2, -1)  # non-unit last-dim stride
-    with pytest.raises(RuntimeError), sdpa_kernel(LINEAR_MEMORY_KERNELS):
-        F.scaled_dot_product_attention(q, q, q)
+    from allinone_basicsr.archs.promptdsa_arch import aligned_attention
+    calls = []
+
+    def recording(q, k, v, **kwargs):
+        calls.append(torch._fused_sdp_choice(q, k, v, **kwargs))
+        return sdpa(q, k, v, **kwargs)
+
+    sdpa = F.scaled_dot_product_attention
+    q = torch.randn(1, 2, 13, 64).transpose(-2, -1)  # non-unit last-dim stride and an unaligned head size
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, 'scaled_dot_product_attention', recording)
+        aligned_attention(q, q, q, scale=1.0)
+        aligned_attention(q[..., :8], q[..., :8], q[..., :8], scale=1.0)  # aligned, non-unit stride
+    assert calls == [SDPBackend.FLASH_ATTENTION.value] * 2  # the fused CPU kernel
+    assert torch._fused_sdp_choice(q, q, q) == SDPBackend.MATH.value  # what SDPA alone would do with q
+
+
+@pytest.mark.parametrize('d', [4, 13, 16, 59])
+def test_aligned_attention_equals_sdpa_values_and_gradients(d):
+    """Zero-padding the head size to a multiple of 8 changes nothing but float rounding (stated tolerance 1e-6 on
+    unit-scale values and gradients; measured 0 to 2e-7). The scale stays the caller's, not 1/√(padded d)."""
+    from allinone_basicsr.archs.promptdsa_arch import aligned_attention
+    gen = torch.Generator().manual_seed(d)
+    inputs = [torch.randn(2, 3, 37, d, generator=gen, requires_grad=True) for _ in range(3)]
+    grad = torch.randn(2, 3, 37, d, generator=gen)
+    out = aligned_attention(*inputs, scale=d ** -0.5)
+    want = F.scaled_dot_product_attention(*inputs)
+    assert out.shape == want.shape and torch.allclose(out, want, atol=1e-6, rtol=0)
+    grads = torch.autograd.grad(out, inputs, grad)
+    for g, w in zip(grads, torch.autograd.grad(want, inputs, grad)):
+        assert torch.allclose(g, w, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match='one head size'):
+        aligned_attention(inputs[0], inputs[1], inputs[2][..., :1], scale=1.0)
+
+
+def test_forward_sets_no_process_wide_attention_flag(monkeypatch):
+    """``sdpa_kernel`` flips process-wide backend flags on entry and exit, which races between DataParallel's replica
+    threads (one thread's exit re-enables what another thread's entry disabled). A forward must set none."""
+    setters = [n for n in dir(torch._C) if n.startswith('_set_sdp_') or n.startswith('_set_math_sdp_')]
+    assert '_set_sdp_use_math' in setters
+    calls = []
+    for name in setters:
+        monkeypatch.setattr(torch._C, name, lambda *args, _name=name: calls.append(_name))
+    net = PromptDSANet(**TINY).eval()
+    with torch.no_grad():
+        net(torch.rand(1, 3, 16, 16))
+        SpatialSelfAttention(8, 2, window=4)(torch.randn(1, 8, 8, 8))
+    assert calls == []
 
 
 def test_unknown_option_lists_own_and_promptir_options():

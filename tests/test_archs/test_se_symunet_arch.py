@@ -251,3 +251,167 @@ def test_random_clip_is_seeded_and_leaves_the_global_rng_alone():
     second = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
     for a, b in zip(first.tower.parameters(), second.tower.parameters()):
         assert torch.equal(a, b)
+
+
+def test_clip_tower_has_one_copy_per_device_and_never_moves_one_in_use():
+    """DataParallel's replicas share the tokenizer and run in threads, one per GPU: each device gets its own copy
+    (emulated here with the 'meta' device), and the CPU copy stays on the CPU and keeps giving the same tokens."""
+    tok = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    img = torch.rand(2, 3, 40, 60, generator=torch.Generator().manual_seed(0))
+    cpu_tokens = tok(img)
+    cpu_tower = tok.tower
+    meta_tokens = tok(img.to('meta'))  # a forward on another device
+    assert all(p.device.type == 'cpu' for p in cpu_tower.parameters())
+    assert meta_tokens.device.type == 'meta' and meta_tokens.shape == cpu_tokens.shape
+    assert tok.tower_on('cpu') is cpu_tower and tok.tower is cpu_tower
+    meta_tower = tok.tower_on('meta')
+    assert meta_tower is not cpu_tower and all(p.is_meta for p in meta_tower.parameters())
+    assert not meta_tower.training and not any(p.requires_grad for p in meta_tower.parameters())
+    assert set(tok.devices) == {torch.device('cpu'), torch.device('meta')}
+    assert torch.equal(tok(img), cpu_tokens)
+    # how a further device gets its copy (GPU 1 after GPU 0): built empty, filled from an existing copy
+    clone = tok._copy_to(torch.device('cpu'))
+    assert clone is not cpu_tower and not clone.training
+    pairs = zip(clone.state_dict().values(), cpu_tower.state_dict().values())
+    assert all(torch.equal(a, b) and not a.requires_grad for a, b in pairs)
+    # a 'meta' copy first (no values) leaves the values for the first real device
+    meta_first = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    assert meta_first(img.to('meta')).is_meta and torch.equal(meta_first(img), cpu_tokens)
+    # a network and a replica of it on another device share the tokenizer (DataParallel's replicas share the
+    # slot; here a deep copy does); the replica's tokens come from its device's copy
+    net = perturbed(SESymUNet(**TINY)).eval()
+    with torch.no_grad():
+        want = net(img)
+        replica = copy.deepcopy(net).to('meta')
+        assert replica.clip_tokenizer() is net.clip_tokenizer()
+        assert replica.clip_tokenizer()(img.to('meta')).is_meta
+        assert torch.equal(net(img), want)
+    assert all(p.device.type == 'cpu' for p in net.clip_tokenizer().tower_on('cpu').parameters())
+
+
+def test_concurrent_threads_on_two_devices_get_correct_tokens():
+    import threading
+    tok = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = tok(img)
+    start, results, errors = threading.Barrier(3), [], []
+
+    def run(device):
+        try:
+            start.wait()
+            for _ in range(5):
+                out = tok(img.to(device))
+                results.append((device, out if device == 'meta' else torch.equal(out, want)))
+        except Exception as error:  # reported below: a thread's exception would not fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in ('cpu', 'meta', 'cpu')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(results) == 15
+    assert all(ok for d, ok in results if d == 'cpu') and all(out.is_meta for d, out in results if d == 'meta')
+    # a device's copy is made once, also when threads ask for it at the same time
+    fresh = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    barrier, towers = threading.Barrier(4), []
+
+    def first_use():
+        barrier.wait()
+        towers.append(fresh.tower_on('meta'))
+
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(towers) == 4 and all(t is towers[0] for t in towers) and fresh.devices == [torch.device('meta')]
+
+
+class SyncRecorder(torch.overrides.TorchFunctionMode):
+    """Records the calls that wait for the device (host reads of tensor values) or copy host data to it."""
+    SYNCS = {'item', 'tolist', 'cpu', 'numpy', '__bool__', '__int__', '__float__', '__index__', 'nonzero',
+             'tensor', 'as_tensor', 'from_numpy'}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name in self.SYNCS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_forward_makes_no_host_sync_or_host_to_device_copy():
+    net = perturbed(SESymUNet(**TINY)).eval()
+    img = torch.rand(1, 3, 37, 51)
+    with torch.no_grad():
+        net(img)  # builds the tower, the position embeddings and the normalisation constants
+        with SyncRecorder() as recorder:
+            net(img)
+    with SyncRecorder() as check:  # the recorder sees what it must
+        bool(torch.as_tensor((1.0, 2.0)).any())
+    assert check.calls == ['as_tensor', '__bool__']
+    assert recorder.calls == []
+    tok = net.clip_tokenizer()
+    mean = torch.tensor(tok.mean).view(1, 3, 1, 1)
+    std = torch.tensor(tok.std).view(1, 3, 1, 1)
+    flat = torch.rand(1, 3, 28, 28)
+    from torchvision.transforms.functional import normalize
+    assert torch.equal(tok.preprocess(flat), normalize(flat, tok.mean, tok.std))  # torchvision's numbers, exactly
+    assert torch.equal(tok.preprocess(flat), (flat - mean) / std)
+
+
+def test_building_a_tower_seeds_no_global_generator(monkeypatch):
+    """``torch.manual_seed`` reseeds every CUDA generator as well; with CUDA mocked, building touches none of
+    them, and the CPU generator's state is unchanged."""
+    touched = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    for name in ('manual_seed', 'manual_seed_all', 'seed', 'seed_all', 'get_rng_state', 'get_rng_state_all',
+                 'set_rng_state', 'set_rng_state_all'):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, _name=name, **kwargs: touched.append(_name))
+    state = torch.get_rng_state()
+    first = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    assert touched == [] and torch.equal(torch.get_rng_state(), state)
+    monkeypatch.undo()
+    torch.manual_seed(5)
+    second = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP)
+    for a, b in zip(first.tower.parameters(), second.tower.parameters()):  # still seeded: equal towers
+        assert torch.equal(a, b)
+
+
+def test_position_embeddings_are_kept_for_alternating_sizes(monkeypatch):
+    from allinone_basicsr.archs import symunet_arch
+    guide = ImageGuidanceAttention(image_dim=6, text_dim=16, inner_dim=32, num_heads=4, patch_size=2)
+    cpu = torch.device('cpu')
+    a, b = guide.position_embedding(20, cpu, torch.float32), guide.position_embedding(30, cpu, torch.float32)
+    assert guide.position_embedding(20, cpu, torch.float32) is a
+    assert guide.position_embedding(30, cpu, torch.float32) is b
+    half = guide.position_embedding(20, cpu, torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half, a.half())
+    for n in range(40, 40 + symunet_arch.POS_CACHE_SIZE):  # more sizes than the cache keeps: the oldest go
+        guide.position_embedding(n, cpu, torch.float32)
+    again = guide.position_embedding(20, cpu, torch.float32)
+    assert again is not a and torch.equal(again, a)  # drawn again, the same numbers
+    assert len(guide._pos_cache[(cpu, torch.float32)]) == symunet_arch.POS_CACHE_SIZE
+    # a network alternating two validation sizes draws each size's embeddings once, with identical outputs
+    net = perturbed(SESymUNet(**TINY)).eval()
+    net.clip_tokenizer()  # built here, not in the counted forwards
+    small, large = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 64)
+    draws = []
+    randn = torch.randn
+
+    def counting_randn(*args, **kwargs):
+        draws.append(args)
+        return randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'randn', counting_randn)
+    with torch.no_grad():
+        first = [net(small), net(large)]
+        drawn = len(draws)
+        for _ in range(2):
+            assert torch.equal(net(small), first[0]) and torch.equal(net(large), first[1])
+    assert drawn == 2 * 7 and len(draws) == drawn  # 7 computed guide/refine modules, two sizes, no draw after

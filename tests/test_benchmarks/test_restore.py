@@ -62,6 +62,29 @@ def test_tiled_output_agrees_with_untiled():
     assert restore_tensor(net, img, tile=256).equal(whole)  # a tile larger than the image = untiled
 
 
+def test_blend_mask_is_made_once_per_tile_shape(monkeypatch):
+    from allinone_basicsr import restore
+
+    def net(x):  # the blending is what is tested; any per-pixel map shows misweighted seams
+        return x * x + 1
+
+    img = torch.rand(1, 3, 150, 190)
+    want = restore_tensor(net, img, tile=64, overlap=16)  # 3 × 4 tiles of 64×64
+    ramps = []
+    ramp = restore._ramp
+
+    def counting_ramp(length, overlap):
+        ramps.append(length)
+        return ramp(length, overlap)
+
+    monkeypatch.setattr(restore, '_ramp', counting_ramp)
+    assert torch.equal(restore_tensor(net, img, tile=64, overlap=16), want)
+    assert ramps == [64, 64]  # one mask (a ramp per axis) for the 12 tiles, not one per tile
+    ramps.clear()
+    restore_tensor(net, img[..., :50, :], tile=64, overlap=16)  # 1 × 4 tiles of 50×64
+    assert ramps == [50, 64]
+
+
 def _peak_rss_growth_mb(side, tile):
     code = f'''
 import resource, torch, warnings
