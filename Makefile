@@ -19,7 +19,7 @@ $(PY):
 $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install $(TORCH_PKGS)
-	$(PY) -m pip install --no-build-isolation 'basicsr>=1.4.2'
+	$(PY) -m pip install --no-build-isolation 'basicsr>=1.4.2,<1.5'
 	$(PY) -m pip install --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 

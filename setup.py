@@ -23,11 +23,12 @@ setup(
     package_data={'allinone_basicsr': ['protocols.yml']},  # the protocol table of allinone_basicsr.recipe
     python_requires='>=3.10',
     install_requires=[
-        'basicsr>=1.4.2',
+        'basicsr>=1.4.2,<1.5',  # _compat.py patches private functions of basicsr 1.4.2 (the tested release)
         'torch>=2.1',
         'torchvision',
         'mmengine',
         'lmdb',
+        'matplotlib>=3.7',  # compare's bar plots (also a dependency of mmengine)
         'numpy',
         'opencv-python',
         'open_clip_torch',
@@ -44,4 +45,5 @@ setup(
         ]
     },
     license='Apache-2.0',
+    license_files=['LICENSE'],
 )

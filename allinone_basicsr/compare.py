@@ -1,44 +1,112 @@
 """One comparison table across test runs: a column per test set plus the average, and the size of each model.
 
     python -m allinone_basicsr.compare results/SymUNet_demo_test results/DaAIR_demo_test ... \
-        [--metric psnr] [--out results/compare] [--macs 256]
+        [--metric psnr] [--out results/compare] [--macs 256] [--common-sets] [--format svg|pdf] \
+        [--grid SET:IMAGE ...] [--crop Y X SIZE]
 
-Each folder is a ``results/<name>`` written by ``allinone_basicsr.test`` (its ``metrics.csv`` and the option file
-BasicSR copies there). Writes ``compare.md`` / ``compare.csv`` (the metric per set, its average, parameters and,
-with ``--macs S``, MACs at S×S counted as ``benchmarks/complexity.py`` does) and ``compare_<metric>.png``, a bar
-plot of the metric per test set and method. ``--grid SET:IMAGE`` adds ``grid_<SET>_<IMAGE>.png``: LQ | each method |
-GT, the same zoomed crop under each, PSNR in the captions (needs the runs' outputs, saved with
-``val.save_img: true``).
+Each folder is a ``results/<name>`` written by ``allinone_basicsr.test``: its ``metrics.csv`` (one row per test set
+plus an ``Average`` row) and the options it ran with (``options.yml``). A run is named by the ``name`` of that option
+file, or by the folder's basename when there is none.
+
+Writes into ``--out``:
+
+- ``compare.md`` / ``compare.csv``: the metric per test set and run, the average, the parameters and, with
+  ``--macs S``, the MACs at S×S counted as ``benchmarks/complexity.py`` does;
+- ``compare_<metric>.png`` (and ``.svg`` / ``.pdf`` with ``--format``): a grouped bar plot drawn with matplotlib
+  (one group per test set plus the average, one colour per run, the value on each bar). The y-axis starts a bit
+  below the smallest value, not at 0, so that differences of a tenth of a dB stay visible: read the ticks;
+- ``grid_<SET>_<IMAGE>.png`` for each ``--grid SET:IMAGE``: LQ | each method | GT, the same zoomed crop under
+  each, PSNR in the captions (needs the runs' outputs, saved with ``val.save_img: true``).
+
+The numbers are checked rather than trusted:
+
+- Runs must have been tested on the same test sets; otherwise compare stops and lists each run's sets.
+  ``--common-sets`` compares only the sets every run has and says which sets were dropped from which run.
+- The average is computed here, as the mean of the finite per-set values in the table, never read from the runs'
+  own ``Average`` rows (which may cover other sets or include an ``inf``).
+- An ``inf`` or ``nan`` value is shown as such in the table and on the plot (a marker instead of a bar), kept out
+  of the average, and reported in a warning naming the run and the set. An infinite PSNR usually means the LQ
+  images equal the GT (``dataroot_lq`` pointing at the GT).
+- Two folders that give the same run name are refused (one would hide the other).
+
+Invalid input raises ``ValueError`` / ``FileNotFoundError`` from ``main``; run as a script, compare prints the
+message and exits with status 1.
 """
 import argparse
 import csv
 import glob
+import math
 import os
+import re
+import sys
+import warnings
 from os import path as osp
 
 import cv2
 import numpy as np
 import yaml
 
-PALETTE = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140)]  # BGR
+PLOT_FORMATS = ('png', 'svg', 'pdf')
+
+
+class CompareWarning(UserWarning):
+    """A value compare shows but keeps out of the averages (``inf``, ``nan``)."""
+
+
+def _parse_value(text, where):
+    """A metrics.csv cell as a float: '' is missing (None); 'inf', '-inf', 'nan' are kept as such."""
+    text = (text or '').strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f'{where}: {text!r} is not a number') from None
+
+
+def read_metrics(folder, metric):
+    """{test_set: value} of the metric in ``folder/metrics.csv`` in file order, the ``Average`` row left out."""
+    path = osp.join(folder, 'metrics.csv')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{folder}: no metrics.csv (run `python -m allinone_basicsr.test -opt ...` first)')
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    if rows and metric not in rows[0]:
+        raise ValueError(f'{path}: no column {metric!r}; columns: {list(rows[0])}')
+    if rows and 'test_set' not in rows[0]:
+        raise ValueError(f'{path}: no column \'test_set\'; columns: {list(rows[0])}')
+    values = {}
+    for i, row in enumerate(rows, start=2):
+        test_set = row['test_set']
+        if test_set == 'Average':
+            continue
+        if test_set in values:
+            raise ValueError(f'{path}: test set {test_set!r} appears twice')
+        values[test_set] = _parse_value(row[metric], f'{path} line {i}, column {metric!r}')
+    if not values:
+        raise ValueError(f'{path}: no test set rows')
+    return values
+
+
+def read_options(folder):
+    """The options ``allinone_basicsr.test`` wrote into the run folder (``options.yml``: the run's own, overrides
+    applied; older runs: the first ``*.yml``), or None."""
+    own = osp.join(folder, 'options.yml')
+    ymls = [own] if osp.isfile(own) else sorted(glob.glob(osp.join(folder, '*.yml')))
+    if not ymls:
+        return None
+    with open(ymls[0]) as f:
+        return yaml.safe_load(f)
 
 
 def read_run(folder, metric):
     """{test_set: value} (the Average row excluded) and the run's option file (or None)."""
-    path = osp.join(folder, 'metrics.csv')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{folder}: no metrics.csv (run `python -m allinone_basicsr.test -opt ...` first)')
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    if rows and metric not in rows[0]:
-        raise ValueError(f'{path}: no column {metric!r}; columns: {list(rows[0])}')
-    values = {r['test_set']: float(r[metric]) for r in rows if r['test_set'] != 'Average'}
-    ymls = sorted(glob.glob(osp.join(folder, '*.yml')))
-    opt = None
-    if ymls:
-        with open(ymls[0]) as f:
-            opt = yaml.safe_load(f)
-    return values, opt
+    return read_metrics(folder, metric), read_options(folder)
+
+
+def run_name(folder, opt):
+    """The option file's ``name``, else the folder's basename."""
+    return (opt or {}).get('name') or osp.basename(osp.normpath(folder))
 
 
 def model_size(opt, macs_size=None):
@@ -62,51 +130,245 @@ def model_size(opt, macs_size=None):
     return params, macs
 
 
-def bar_plot(methods, sets, table, path, metric):
-    """A grouped bar chart (one group per test set, one bar per method), drawn with OpenCV."""
-    width, height, margin = 140 * len(sets) + 240, 420, 60
-    img = np.full((height, width, 3), 255, np.uint8)
-    values = [v for m in methods for v in table[m].values() if v is not None]
-    low, high = min(0.0, min(values)), max(values) * 1.1
-    scale = (height - 2 * margin) / (high - low)
-    bar = max(4, int(100 / len(methods)))
-    cv2.line(img, (margin, height - margin), (width - 180, height - margin), (0, 0, 0), 1)
-    for i, test_set in enumerate(sets):
-        x0 = margin + 10 + i * 140
-        for j, method in enumerate(methods):
-            value = table[method].get(test_set)
-            if value is None:
-                continue
-            x, top = x0 + j * bar, int(height - margin - (value - low) * scale)
-            cv2.rectangle(img, (x, top), (x + bar - 2, height - margin), PALETTE[j % len(PALETTE)], -1)
-            cv2.putText(img, f'{value:.1f}', (x, top - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (0, 0, 0), 1)
-        cv2.putText(img, test_set[:18], (x0, height - margin + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+def _finite(value):
+    return value is not None and math.isfinite(value)
+
+
+def _show(value, metric):
+    """A value as the table shows it: 2 decimals (4 for SSIM, 3 for accuracies); inf / nan spelled out."""
+    if value is None:
+        return '–'
+    if math.isnan(value):
+        return 'nan'
+    if math.isinf(value):
+        return 'inf' if value > 0 else '-inf'
+    key = metric.lower()
+    return f'{value:.4f}' if 'ssim' in key else f'{value:.3f}' if 'acc' in key else f'{value:.2f}'
+
+
+def select_sets(runs, common_sets=False):
+    """The test sets to compare (in the first run's order) and the notes on the sets dropped.
+
+    ``runs`` is a list of (name, folder, {set: value}). Different sets are an error unless ``common_sets``.
+    """
+    first = list(runs[0][2])
+    if all(set(values) == set(first) for _, _, values in runs):
+        return first, []
+    listing = ''.join(f'\n  {name} ({folder}): {", ".join(values)}' for name, folder, values in runs)
+    common = [s for s in first if all(s in values for _, _, values in runs)]
+    if not common_sets:
+        hint = (f'pass --common-sets to compare only the sets all runs share ({", ".join(common)})' if common
+                else 'they share no test set')
+        raise ValueError(f'the runs were tested on different test sets:{listing}\nAn average over different sets '
+                         f'compares nothing; {hint}')
+    if not common:
+        raise ValueError(f'--common-sets: the runs share no test set:{listing}')
+    notes = [f'--common-sets: compared {len(common)} set(s) all runs share: {", ".join(common)}']
+    for name, folder, values in runs:
+        dropped = [s for s in values if s not in common]
+        if dropped:
+            notes.append(f'--common-sets: dropped from {name} ({folder}): {", ".join(dropped)}')
+    return common, notes
+
+
+def average(name, values, sets, metric):
+    """(mean of the finite values of ``sets``, number averaged, warnings for the values left out)."""
+    kept, notes = [], []
+    for test_set in sets:
+        value = values.get(test_set)
+        if _finite(value):
+            kept.append(value)
+            continue
+        shown = _show(value, metric)
+        note = f'{name} / {test_set}: {metric} is {shown if value is not None else "missing"}, left out of the average'
+        if value is not None and math.isinf(value) and 'psnr' in metric.lower():
+            note += (' (an infinite PSNR means the images equal the GT exactly: usually the LQ is identical to the GT,'
+                     ' e.g. dataroot_lq pointing at the GT folder)')
+        elif value is not None and math.isnan(value):
+            note += ' (a nan usually means the metric failed on this set: check the run\'s log)'
+        notes.append(note)
+    return (sum(kept) / len(kept) if kept else None), len(kept), notes
+
+
+def _wrap(text, width):
+    """``text`` in lines of about ``width`` characters, broken after '_', '-', '/' or spaces (never cut)."""
+    if len(text) <= width:
+        return text
+    lines, line = [], ''
+    for part in re.findall(r'[^_\-/ ]+[_\-/ ]*|[_\-/ ]+', text):
+        while len(part) > width:  # a part longer than a line: split it (still no character lost)
+            if line:
+                lines.append(line)
+                line = ''
+            lines.append(part[:width])
+            part = part[width:]
+        if line and len(line) + len(part.rstrip()) > width:
+            lines.append(line)
+            line = ''
+        line += part
+    if line:
+        lines.append(line)
+    return '\n'.join(lines_.rstrip(' ') for lines_ in lines)
+
+
+def _locator():
+    from matplotlib.ticker import MaxNLocator
+    return MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10])
+
+
+def _y_range(values):
+    """(low, high, baseline): bars start at the baseline, the range shows the differences, not the zero."""
+    if not values:
+        return 0.0, 1.0, 0.0
+    low, high = min(values), max(values)
+    span = high - low
+    if span <= 0:
+        span = 0.1 * abs(high) or 1.0
+    if low <= 0 <= high:  # values on both sides of zero: bars from zero
+        return low - (0.3 if low < 0 else 0.12) * span, high + 0.3 * span, 0.0
+    if low > 0:  # all positive: from a bit below the smallest value (a round number, never below 0)
+        bottom = low - 0.3 * span
+        top = high + 0.2 * (high - bottom)
+        bottom = max([0.0] + [t for t in _locator().tick_values(bottom, top) if t <= bottom])  # on a tick
+        return bottom, top, bottom
+    top = min(0.0, high + 0.3 * span)  # all negative: bars hang from a bit above the largest value
+    return low - 0.3 * (top - low), top, top
+
+
+def _unit(metric):
+    return ' (dB)' if 'psnr' in metric.lower() else ''
+
+
+def plot_metric(methods, sets, table, metric, averages=None, counts=None):
+    """The grouped bar plot as a matplotlib ``Figure`` (Agg canvas, no display needed).
+
+    One group per test set plus ``Average`` (when ``averages`` {method: value} is given), one colour per method,
+    the value above each bar. A non-finite value gets no bar but a marker with its text: ``inf`` at the top of the
+    axis, ``nan`` / ``-inf`` at the bottom; a missing one is labelled ``n/a``. ``counts`` {method: number of sets
+    averaged} marks an average over fewer sets than shown with '*'.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    groups = list(sets) + (['Average'] if averages is not None else [])
+    series = {m: [table[m].get(s) for s in sets] + ([averages.get(m)] if averages is not None else [])
+              for m in methods}
+    low, high, base = _y_range([v for m in methods for v in series[m] if _finite(v)])
+    if any(v == math.inf for m in methods for v in series[m]):
+        high += 0.08 * (high - low)  # room for the inf markers above the value labels
+    n = len(methods)
+    group_in = max(1.0, 0.28 * n + 0.45)  # inches per group: room for n vertical value labels
+    width_in = max(6.4, 1.3 + group_in * len(groups))
+    label_chars = max(8, int(group_in * 72 / (9 * 0.62)))  # characters of 9 pt text per group
+    ticks = [_wrap(g, label_chars) for g in groups]
+    if averages is not None:
+        ticks[-1] = 'Average\n(finite sets)'
+    tick_lines = max(t.count('\n') + 1 for t in ticks)
+    legend_cols = max(1, min(n, int((width_in - 0.5) / (0.55 + 0.075 * max(len(m) for m in methods)))))
+    legend_rows = math.ceil(n / legend_cols)
+    height_in = 3.9 + 0.17 * tick_lines + 0.22 * legend_rows
+    fig = Figure(figsize=(width_in, height_in), dpi=100, layout='constrained')
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = colormaps['tab10'].colors
+    bar = 0.8 / n
+    top_axes = ax.get_xaxis_transform()  # x in data, y in axes fraction: markers pinned to the axis ends
     for j, method in enumerate(methods):
-        y = 20 + 18 * j
-        cv2.rectangle(img, (width - 175, y - 10), (width - 165, y), PALETTE[j % len(PALETTE)], -1)
-        cv2.putText(img, method[:26], (width - 160, y), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(img, metric, (5, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.imwrite(path, img)
+        colour = colours[j % len(colours)]
+        for i, value in enumerate(series[method]):
+            x = i - 0.4 + bar * (j + 0.5)
+            if _finite(value):
+                ax.bar(x, value - base, bar * 0.92, bottom=base, color=colour)
+                text = _show(value, metric)
+                if averages is not None and i == len(groups) - 1 and counts and counts.get(method, 0) < len(sets):
+                    text += '*'
+                up = value >= base
+                ax.annotate(text, (x, value), xytext=(0, 2 if up else -2), textcoords='offset points',
+                            ha='center', va='bottom' if up else 'top', rotation=90, fontsize=7.5)
+                continue
+            if value is not None and value == math.inf:  # off the chart: a marker at the top, no bar
+                ax.plot(x, 0.965, marker='^', color=colour, markersize=8, transform=top_axes, clip_on=False)
+                ax.annotate('inf', (x, 0.935), xycoords=top_axes, ha='center', va='top', fontsize=8,
+                            fontweight='bold', color=colour)
+            else:  # nan, -inf or missing: a marker at the bottom, no bar
+                text = 'n/a' if value is None else _show(value, metric)
+                marker = 'v' if value == -math.inf else 'x'
+                ax.plot(x, 0.035, marker=marker, color=colour, markersize=8, transform=top_axes, clip_on=False)
+                ax.annotate(text, (x, 0.07), xycoords=top_axes, ha='center', va='bottom', fontsize=8,
+                            fontweight='bold', color=colour)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(low, high)
+    ax.set_xticks(range(len(groups)), ticks, fontsize=9)
+    ax.yaxis.set_major_locator(_locator())
+    ax.grid(axis='y', color='0.88', linewidth=0.8)
+    ax.set_axisbelow(True)
+    if averages is not None and sets:
+        ax.axvline(len(sets) - 0.5, color='0.6', linestyle='--', linewidth=0.8)
+    ax.set_xlabel('test set')
+    ax.set_ylabel(metric + _unit(metric))
+    note = '' if base == 0 else f'; y-axis from {low:.4g}, not 0' if base == low else f'; bars from {base:.4g}, not 0'
+    if counts and any(counts.get(m, 0) < len(sets) and averages.get(m) is not None for m in methods):
+        note += '; * over fewer sets'
+    title = f'{metric} per test set (Average: mean of the finite per-set values{note})'
+    ax.set_title(_wrap(title, int(width_in * 72 / (10 * 0.55))), fontsize=10)
+    handles = [Patch(color=colours[j % len(colours)], label=m) for j, m in enumerate(methods)]
+    fig.legend(handles=handles, loc='outside lower center', ncols=legend_cols, frameon=False, fontsize=9)
+    return fig
 
 
-def compare(folders, metric='psnr', out='results/compare', macs_size=None):
-    """Build the table; returns (methods, sets, {method: {set: value}}, {method: (params, macs)})."""
-    table, sizes, sets = {}, {}, []
+def save_plot(fig, out, metric, formats=()):
+    """``compare_<metric>.png`` always, plus one file per extra format (svg, pdf); returns the paths.
+
+    The vector copies keep their text as text (editable, searchable), the PDF with embedded TrueType fonts.
+    """
+    from matplotlib import rc_context
+    paths = []
+    for fmt in ['png'] + [f for f in formats if f != 'png']:
+        if fmt not in PLOT_FORMATS:
+            raise ValueError(f'--format {fmt}: expected one of {", ".join(PLOT_FORMATS)}')
+        path = osp.join(out, f'compare_{metric}.{fmt}')
+        with rc_context({'svg.fonttype': 'none', 'pdf.fonttype': 42}):
+            fig.savefig(path, format=fmt, dpi=150)
+        paths.append(path)
+    return paths
+
+
+def compare(folders, metric='psnr', out='results/compare', macs_size=None, common_sets=False, formats=()):
+    """Build the table; returns (methods, sets, {method: {set: value}}, {method: (params, macs)}).
+
+    Raises ``ValueError`` for two folders with the same run name, and for runs tested on different sets unless
+    ``common_sets``. Writes ``compare.md``, ``compare.csv`` and the plot into ``out``.
+    """
+    runs, seen = [], {}
     for folder in folders:
         values, opt = read_run(folder, metric)
-        name = (opt or {}).get('name') or osp.basename(osp.normpath(folder))
-        table[name] = values
-        sets += [s for s in values if s not in sets]
-        sizes[name] = model_size(opt, macs_size) if opt and opt.get('network_g') else (None, None)
-    methods = list(table)
-    columns = ['method'] + sets + ['average', 'params (M)'] + ([f'GMACs {macs_size}²'] if macs_size else [])
+        name = run_name(folder, opt)
+        if name in seen:
+            raise ValueError(f'two runs are named {name!r}: {seen[name]} and {folder} (the name is the option file\'s '
+                             f'`name`, else the folder name); one would hide the other in the table')
+        seen[name] = folder
+        runs.append((name, folder, values, opt))
+    sets, notes = select_sets([(name, folder, values) for name, folder, values, _ in runs], common_sets)
+    methods = [name for name, *_ in runs]
+    table = {name: {s: values[s] for s in sets} for name, _, values, _ in runs}
+    averages, counts = {}, {}
+    for method in methods:
+        averages[method], counts[method], left_out = average(method, table[method], sets, metric)
+        for message in left_out:
+            warnings.warn(message, CompareWarning, stacklevel=2)
+        notes += left_out
+    sizes = {name: model_size(opt, macs_size) if opt and opt.get('network_g') else (None, None)
+             for name, _, _, opt in runs}
+
+    columns = ['method'] + sets + ['average', 'averaged_sets', 'params (M)'] + \
+        ([f'GMACs {macs_size}²'] if macs_size else [])
     rows = []
     for method in methods:
-        vals = [table[method].get(s) for s in sets]
-        present = [v for v in vals if v is not None]
         params, macs = sizes[method]
-        row = [method] + vals + [sum(present) / len(present) if present else None,
-                                 params / 1e6 if params else None]
+        row = [method] + [table[method][s] for s in sets]
+        row += [averages[method], counts[method], params / 1e6 if params else None]
         if macs_size:
             row.append(macs / 1e9 if macs else None)
         rows.append(row)
@@ -116,17 +378,27 @@ def compare(folders, metric='psnr', out='results/compare', macs_size=None):
         writer.writerow(columns)
         writer.writerows([['' if v is None else v for v in row] for row in rows])
 
-    def cell(v):
-        if v is None:
-            return '–'
-        return (f'{v:.4f}' if 'ssim' in metric else f'{v:.2f}') if isinstance(v, float) else str(v)
+    def cell(column, v, method):
+        if column in ('method', 'averaged_sets'):
+            return str(v)
+        if column == 'params (M)' or column.startswith('GMACs'):
+            return '–' if v is None else f'{v:.2f}'
+        text = _show(v, metric)
+        return text + '*' if column == 'average' and v is not None and counts[method] < len(sets) else text
 
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
-    markdown = f'{metric} per test set\n\n' + '\n'.join(lines) + '\n'
+    md_rows = ['| ' + ' | '.join(cell(c, v, row[0]) for c, v in zip(columns, row)) + ' |' for row in rows]
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)] + md_rows
+    legend = (f'average: the mean of the finite per-set values in this table, computed by compare over '
+              f'{len(sets)} set(s) (not the runs\' own Average rows); averaged_sets: how many sets it covers, '
+              f'* when fewer than {len(sets)} (an inf, nan or missing value left out, see the notes): such an '
+              f'average is not comparable with the others.')
+    markdown = f'{metric} per test set\n\n' + '\n'.join(lines) + f'\n\n{legend}\n'
+    if notes:
+        markdown += '\nNotes:\n\n' + ''.join(f'- {note}\n' for note in notes)
     with open(osp.join(out, 'compare.md'), 'w') as f:
         f.write(markdown)
-    bar_plot(methods, sets, table, osp.join(out, f'compare_{metric}.png'), metric)
+    fig = plot_metric(methods, sets, table, metric, averages, counts)
+    save_plot(fig, out, metric, formats)
     print(markdown)
     return methods, sets, table, sizes
 
@@ -155,7 +427,9 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
     panels = []
     lq = gt = None
     for folder in folders:
-        _, opt = read_run(folder, 'psnr')
+        opt = read_options(folder)
+        if opt is None:
+            raise FileNotFoundError(f'{folder}: no option file (*.yml) to find the LQ and GT of --grid')
         if lq is None:
             lq, gt = _find_item(opt, test_set, image)
             panels.append(('input', lq))
@@ -163,7 +437,7 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
         if not files:
             raise FileNotFoundError(f'{folder}: no saved output for {test_set}/{image} (test with val.save_img: true)')
         restored = cv2.imread(files[0])[..., ::-1].astype(np.float32) / 255.0
-        panels.append((opt.get('name', osp.basename(folder)), restored))
+        panels.append((run_name(folder, opt), restored))
     panels.append(('ground truth', gt))
     h, w = gt.shape[:2]
     y, x, size = crop or (h // 3, w // 3, max(16, min(h, w) // 4))
@@ -185,22 +459,40 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.compare', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n\n'.join(__doc__.split('\n\n')[2:]))
     parser.add_argument('folders', nargs='+', help='results/<name> folders written by allinone_basicsr.test')
     parser.add_argument('--metric', default='psnr', help='a column of metrics.csv (psnr, ssim, routing_acc, ...)')
-    parser.add_argument('--out', default='results/compare')
+    parser.add_argument('--out', default='results/compare', help='output folder (default: results/compare)')
     parser.add_argument('--macs', type=int, default=None, help='also count MACs at this square size')
+    parser.add_argument('--common-sets', action='store_true',
+                        help='runs tested on different sets: compare only the sets all runs share (and say which '
+                             'were dropped); the average is recomputed over them')
+    parser.add_argument('--format', nargs='+', default=[], choices=[f for f in PLOT_FORMATS if f != 'png'],
+                        dest='formats', help='a vector copy of the bar plot besides the PNG')
     parser.add_argument('--grid', nargs='*', default=[], metavar='SET:IMAGE',
                         help='visual comparison grids (needs outputs saved with val.save_img: true)')
     parser.add_argument('--crop', type=int, nargs=3, default=None, metavar=('Y', 'X', 'SIZE'),
                         help='the zoomed region of the grids (default: a square around the centre-left third)')
     args = parser.parse_args(argv)
-    result = compare(args.folders, args.metric, args.out, args.macs)
+    for spec in args.grid:
+        if ':' not in spec:
+            parser.error(f'--grid {spec}: expected SET:IMAGE')
+    result = compare(args.folders, args.metric, args.out, args.macs, args.common_sets, args.formats)
     for spec in args.grid:
         test_set, image = spec.split(':', 1)
         print('grid:', visual_grid(args.folders, test_set, image, args.out, args.crop))
     return result
 
 
+def _cli():
+    warnings.showwarning = lambda message, category, *args, **kwargs: print(f'warning: {message}', file=sys.stderr)
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'compare: {e}')
+
+
 if __name__ == '__main__':
-    main()
+    _cli()

@@ -1,4 +1,10 @@
-"""Exact resume: the RNG states of every rank and the loading of training states.
+"""Exact resume: per-sample seeds, the RNG states of every rank, and the loading of training states.
+
+A resumed run continues with the batches, crops and noise of the uninterrupted run because every training sample
+draws its randomness from its own seed: :class:`ResumableSampler` (BasicSR's EnlargedSampler order) yields
+``(index, seed)`` and can start an epoch mid-way, and :class:`SeededDataset` wraps any dataset (BasicSR's own
+included, unchanged): it seeds python's, numpy's and torch's CPU generators from the seed, then calls the dataset with
+the plain index.
 
 A training state (``training_states/<iter>.state``, written by ``AllInOneModel.save_training_state``) holds, besides
 BasicSR's optimizers and schedulers, the torch (CPU and CUDA), numpy and python RNG states of every rank (a list,
@@ -6,12 +12,80 @@ one entry per rank), as tensors and plain numbers so it loads with ``weights_onl
 the CPU: the RNG setters need CPU byte tensors, and ``Optimizer.load_state_dict`` moves the optimizer state onto
 the parameters' device itself.
 """
+import hashlib
 import os
 import random
 import warnings
 
 import numpy as np
 import torch
+from torch.utils import data
+
+from basicsr.data.data_sampler import EnlargedSampler
+
+
+def sample_seed(*parts):
+    """A 63-bit seed from integers (stable across processes and machines)."""
+    digest = hashlib.sha256('/'.join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
+class ResumableSampler(EnlargedSampler):
+    """BasicSR's EnlargedSampler (same epoch-seeded order, same split across ranks) yielding ``(index, seed)``.
+
+    The seed depends only on (manual_seed, epoch, rank, position in the epoch), so a sample's random crop, flips and
+    noise do not depend on which worker loads it or on what ran before; ``skip`` starts an epoch at a position, so a
+    run resumed at iteration k continues with the batch the uninterrupted run used at k + 1.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, ratio=1, seed=0):
+        super().__init__(dataset, num_replicas, rank, ratio)
+        self.seed = seed
+        self.skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        for position in range(self.skip, len(indices)):
+            yield indices[position], sample_seed(self.seed, self.epoch, self.rank, position)
+
+    def __len__(self):
+        return self.num_samples - self.skip
+
+
+class SeededDataset(data.Dataset):
+    """Any dataset, each item drawn with its own randomness: ``dataset[(index, seed)]`` seeds python's ``random``,
+    numpy's global generator and torch's CPU generator from ``seed``, then returns ``dataset.dataset[index]``.
+
+    In a loader worker the generators are the worker's own. In the main process (``num_worker_per_gpu: 0``) their
+    states are restored afterwards, so loading leaves the training's random streams as they were. Attributes other
+    than the item access (``opt``, ...) are the wrapped dataset's.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == 'dataset':  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index_seed):
+        index, seed = index_seed
+        in_worker = data.get_worker_info() is not None
+        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.default_generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
 
 
 def get_rng_states():

@@ -1,36 +1,62 @@
 """Test with BasicSR's own pipeline, this plugin registered; prints the per-set PSNR/SSIM table at the end.
 
-    python -m allinone_basicsr.test -opt options/test_symunet.yml
+    python -m allinone_basicsr.test -opt options/test_symunet.yml [--force_yml name=X ...] [--launcher pytorch]
     allinone-test -opt ...                      (console script)
     python allinone_basicsr/test.py -opt ...
-Writes results/<name>/metrics.csv and metrics.md under the working directory, and copies the option file there
-(``allinone_basicsr.compare`` reads it for the model size).
+Writes results/<name>/metrics.csv and metrics.md under the working directory, and the options the run used
+(``options.yml``, after ``--force_yml`` and ``--debug``; ``allinone_basicsr.compare`` reads it for the model size).
 """
-import argparse
 import os
-import shutil
 import sys
 
 import yaml
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from basicsr.test import test_pipeline
-from basicsr.utils.dist_util import get_dist_info
+import basicsr.test as basicsr_test
+from allinone_basicsr.cli import print_help_if_asked
+from basicsr.utils.options import parse_options
+
+
+def _plain(value):
+    """Options (OrderedDicts from BasicSR's YAML loader) -> plain dicts and lists, for yaml.safe_dump."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_pipeline(root_path):
+    """BasicSR's ``test_pipeline``; returns the options it parsed (the run's own: ``--force_yml`` applied)."""
+    parsed = {}
+
+    def parse(root, is_train=False):
+        parsed['opt'], args = parse_options(root, is_train)
+        return parsed['opt'], args
+
+    basicsr_test.parse_options = parse
+    try:
+        basicsr_test.test_pipeline(root_path)
+    finally:
+        basicsr_test.parse_options = parse_options
+    return parsed['opt']
 
 
 def main():
-    root = os.getcwd()
-    test_pipeline(root)
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', required=True)
-    args, _ = parser.parse_known_args()
-    with open(args.opt) as f:
-        name = yaml.safe_load(f)['name']
-    folder = os.path.join(root, 'results', name)
+    print_help_if_asked('allinone-test', 'Score a model on the test sets of an option file: BasicSR\'s test_pipeline '
+                        'with the all-in-one plugin registered. Prints and writes results/<name>/metrics.{md,csv}.',
+                        train=False)
+    opt = test_pipeline(os.getcwd())
+    if opt['rank'] != 0:
+        return
+    folder = opt['path']['results_root']
+    if os.path.isdir(folder):  # the options of this run beside its metrics (used by compare)
+        with open(os.path.join(folder, 'options.yml'), 'w') as f:
+            f.write(f'# options of the run: {" ".join(sys.argv)}\n')
+            yaml.safe_dump(_plain({k: v for k, v in opt.items() if k not in ('dist', 'rank', 'world_size')}), f,
+                           sort_keys=False)
     table = os.path.join(folder, 'metrics.md')
-    if get_dist_info()[0] == 0 and os.path.isdir(folder):  # the option file beside the metrics (used by compare)
-        shutil.copyfile(args.opt, os.path.join(folder, os.path.basename(args.opt)))
-    if get_dist_info()[0] == 0 and os.path.isfile(table):
+    if os.path.isfile(table):
         with open(table) as f:
             sys.stdout.write('\n' + f.read())
 

@@ -18,9 +18,9 @@ from os import path as osp
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 import torch
+from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
-from allinone_basicsr.data.samplers import ResumableSampler
-from allinone_basicsr.resume import load_resume_state
+from allinone_basicsr.resume import ResumableSampler, SeededDataset, load_resume_state
 from basicsr.data import build_dataloader
 from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers
@@ -30,12 +30,14 @@ from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 
 
 def _resumable_loader(opt, train_loader):
-    """Rebuild BasicSR's train loader around a ResumableSampler (same order, per-sample seeds)."""
+    """Rebuild BasicSR's train loader around a ResumableSampler (same order, per-sample seeds) and the dataset
+    wrapped in a SeededDataset (any dataset, BasicSR's own included)."""
     dataset_opt = opt['datasets']['train']
-    sampler = ResumableSampler(train_loader.dataset, opt['world_size'], opt['rank'],
-                               dataset_opt.get('dataset_enlarge_ratio', 1), seed=opt['manual_seed'])
-    loader = build_dataloader(train_loader.dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
-                              sampler=sampler, seed=opt['manual_seed'])
+    dataset = SeededDataset(train_loader.dataset)
+    sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], dataset_opt.get('dataset_enlarge_ratio', 1),
+                               seed=opt['manual_seed'])
+    loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
+                              seed=opt['manual_seed'])
     return loader, sampler
 
 
@@ -160,6 +162,9 @@ def train_pipeline(root_path):
 
 
 def main():
+    print_help_if_asked('allinone-train', "Train from an option file: BasicSR's training loop (same options, logs, "
+                        'checkpoints, validation) with exact mid-epoch resume and distributed validation, the '
+                        'all-in-one plugin registered.', train=True)
     train_pipeline(os.getcwd())
 
 

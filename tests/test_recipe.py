@@ -15,7 +15,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from allinone_basicsr import recipe as rc
-from allinone_basicsr.data.samplers import ResumableSampler
+from allinone_basicsr.resume import ResumableSampler
 from allinone_basicsr.models.lr_scheduler import LinearWarmupCosineLR
 from allinone_basicsr.models.optimization import scheduler_class
 from basicsr.models.base_model import BaseModel

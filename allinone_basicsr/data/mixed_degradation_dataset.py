@@ -11,7 +11,6 @@ Images are handled as uint8 RGB until the end and returned as float32 RGB CHW te
 import bisect
 import copy
 import os
-import random
 from os import path as osp
 
 import cv2
@@ -339,10 +338,6 @@ class MixedDegradationDataset(data.Dataset):
         return task, task['keys'][(index - self.offsets[t]) % len(task['keys'])]
 
     def __getitem__(self, index):
-        if isinstance(index, (tuple, list)):  # (index, seed) from ResumableSampler: this sample's own randomness
-            index, seed = index
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
         task, key = self.locate(index)
         gt_path = task['gt'][task['gt_key'][key] if 'gt_key' in task else key]
         img_gt = self.reader.read(gt_path, task['gt_client'])
@@ -362,7 +357,7 @@ class MixedDegradationDataset(data.Dataset):
         img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.gt_size, 1, gt_path)
         img_gt, img_lq = np.ascontiguousarray(img_gt), np.ascontiguousarray(img_lq)
         if task['sigma'] is not None:
-            img_lq = add_gaussian_noise(img_gt, task['sigma'])  # global RNG: BasicSR seeds it per worker
+            img_lq = add_gaussian_noise(img_gt, task['sigma'])  # numpy's global RNG (seeded per sample in training)
         img_gt, img_lq = augment([img_gt, img_lq], self.use_hflip, self.use_rot)
 
         return {

@@ -15,7 +15,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from ..metrics.routing_accuracy_metric import routing_vote
 from ..resume import gather_rng_states, restore_rng_states
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
@@ -358,14 +358,14 @@ class AllInOneModel(SRModel):
             if gt is not None:
                 lq = self.lq.detach().cpu()
                 row = [self._routing_score(name, metrics[name]) if name not in image_names else
-                       calculate_metric({'img': output, 'img2': gt}, metrics[name]) for name in names]
+                       score(metrics[name], output, gt) for name in names]
                 if score_input:
-                    row += [calculate_metric({'img': lq, 'img2': gt}, metrics[name]) for name in image_names]
+                    row += [score(metrics[name], lq, gt) for name in image_names]
                 scores[index] = [float(v) for v in row]
                 del self.gt
             if save_img:
-                folder = (osp.join(self.opt['path']['visualization'], img_name) if self.opt['is_train'] else osp.join(
-                    self.opt['path']['visualization'], dataset_name))
+                # one folder per val/test set (sets share image names: rain and haze test images, for one)
+                folder = osp.join(self.opt['path']['visualization'], dataset_name)
                 suffix = current_iter if self.opt['is_train'] else (val_opt.get('suffix') or self.opt['name'])
                 imwrite(tensor2img([output]), osp.join(folder, f'{img_name}_{suffix}.png'))
             del self.lq, self.output
@@ -427,6 +427,22 @@ class AllInOneModel(SRModel):
         write_metric_table(rows, path, self.opt['name'])
         if len(rows) >= len(expected):
             get_root_logger().info(f'Results of {self.opt["name"]} at {current_iter}:\n' + format_metric_table(rows))
+
+
+def score(metric_opt, img, gt):
+    """One image's score under ``val.metrics.<name>`` (``metric_opt``), as a float, fed the way the metric expects.
+
+    - this plugin's metrics (``calculate_psnr_aio``, ...): the float RGB tensors (the all-in-one protocol);
+    - BasicSR's ``*_pt`` metrics: the float RGB tensors too (their tensor result becomes a float);
+    - BasicSR's numpy metrics (``calculate_psnr`` / ``calculate_ssim`` with ``crop_border``, ``test_y_channel``,
+      NIQE, ...): uint8 BGR images from ``tensor2img``, exactly as BasicSR's SRModel gives them.
+    """
+    func = METRIC_REGISTRY.get(metric_opt['type'])
+    if func.__module__.startswith('allinone_basicsr.') or metric_opt['type'].endswith('_pt'):
+        value = calculate_metric({'img': img, 'img2': gt}, metric_opt)
+    else:
+        value = calculate_metric({'img': tensor2img([img]), 'img2': tensor2img([gt])}, metric_opt)
+    return float(value.mean() if torch.is_tensor(value) else value)
 
 
 def check_state_dict_fits(net, state, strict, load_path):

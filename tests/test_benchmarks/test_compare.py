@@ -1,25 +1,38 @@
-"""allinone_basicsr.compare: the table equals the per-run CSVs; sizes from the copied option files; the plot."""
+"""allinone_basicsr.compare: the table equals the per-run CSVs; sizes from the copied option files; the plot (matplotlib
+axes, ticks, labels, PNG and SVG); runs on different sets, duplicate names and inf / nan values never give a quiet
+wrong number."""
 import csv
+import math
+import sys
+import xml.etree.ElementTree as ET
 
 import cv2
 import pytest
 import yaml
 
-from allinone_basicsr.compare import main
+from allinone_basicsr.compare import CompareWarning, main, plot_metric
 
-ROWS = {'run_a': {'set1': 30.5, 'set2': 20.25}, 'run_b': {'set1': 31.0, 'set3': 25.0}}
+ROWS = {'run_a': {'set1': 30.5, 'set2': 20.25}, 'run_b': {'set1': 31.0, 'set2': 25.0}}
 NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1]}
 
 
-def _write_run(folder, values):
-    folder.mkdir()
+def _write_run(folder, values, yml=True, average=None):
+    """A results/<name> folder as allinone_basicsr.test writes it; ``average`` overrides the Average row's value
+    (to tell compare's own average from the run's); without ``yml``, no option file (no model to build)."""
+    folder.mkdir(parents=True)
     with open(folder / 'metrics.csv', 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['test_set', 'degradation', 'images', 'psnr', 'ssim'])
         for name, value in values.items():
             writer.writerow([name, 'noise', 3, value, 0.5])
-        writer.writerow(['Average', '', 6, sum(values.values()) / len(values), 0.5])
-    (folder / 'test.yml').write_text(yaml.safe_dump({'name': folder.name, 'network_g': NET}))
+        writer.writerow(['Average', '', 6, sum(values.values()) / len(values) if average is None else average, 0.5])
+    if yml:
+        (folder / 'test.yml').write_text(yaml.safe_dump({'name': folder.name, 'network_g': NET}))
+
+
+def _csv_rows(out):
+    with open(out / 'compare.csv') as f:
+        return {r['method']: r for r in csv.DictReader(f)}
 
 
 def test_table_matches_the_runs_csvs(tmp_path):
@@ -27,18 +40,17 @@ def test_table_matches_the_runs_csvs(tmp_path):
         _write_run(tmp_path / name, values)
     out = tmp_path / 'cmp'
     main([str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out', str(out)])
-    with open(out / 'compare.csv') as f:
-        rows = {r['method']: r for r in csv.DictReader(f)}
+    rows = _csv_rows(out)
     assert list(rows) == ['run_a', 'run_b']
     for name, values in ROWS.items():
-        for test_set in ('set1', 'set2', 'set3'):
-            want = values.get(test_set)
-            assert (float(rows[name][test_set]) if rows[name][test_set] else None) == want
+        for test_set in ('set1', 'set2'):
+            assert float(rows[name][test_set]) == values[test_set]
         assert float(rows[name]['average']) == pytest.approx(sum(values.values()) / len(values))
+        assert rows[name]['averaged_sets'] == '2'
         assert float(rows[name]['params (M)']) == pytest.approx(0.11, abs=0.01)  # the tiny SymUNet of the yml
-    assert '| run_b | 31.00 | – | 25.00 | 28.00 |' in (out / 'compare.md').read_text()
+    assert '| run_b | 31.00 | 25.00 | 28.00 | 2 | 0.12 |' in (out / 'compare.md').read_text()
     plot = cv2.imread(str(out / 'compare_psnr.png'))
-    assert plot is not None and plot.shape[0] == 420
+    assert plot is not None and 500 <= plot.shape[0] <= 1500 and 900 <= plot.shape[1] <= 3000
 
 
 def test_missing_metrics_and_unknown_metric_are_clear(tmp_path):
@@ -82,3 +94,128 @@ def test_visual_grid_lq_methods_gt(tmp_path):
     assert np.array_equal(panel_a[inside], gt[inside])
     with pytest.raises(ValueError, match="no image 'nope'"):
         main(folders + ['--out', str(tmp_path / 'cmp'), '--grid', 'demo_rain:nope'])
+
+
+def test_plot_has_labelled_axes_ticks_values_legend_and_unclipped_names():
+    long_set = 'BSD68_sigma25_denoise_with_a_very_long_name'
+    methods = ['SymUNet_3task_full_recipe_run', 'PromptIR_3task_official_recipe_rerun']
+    table = {methods[0]: {'Rain100L': 38.4, long_set: 31.8}, methods[1]: {'Rain100L': 37.8, long_set: 31.3}}
+    averages = {m: sum(table[m].values()) / 2 for m in methods}
+    fig = plot_metric(methods, ['Rain100L', long_set], table, 'psnr', averages, {m: 2 for m in methods})
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == 'psnr (dB)' and ax.get_xlabel() == 'test set'
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert [t.replace('\n', '') for t in labels[:2]] == ['Rain100L', long_set]  # wrapped, never cut
+    assert '\n' in labels[1] and labels[2].startswith('Average')
+    low, high = ax.get_ylim()
+    assert 20 < low < 31.3 and high > 38.4  # the differences show: not from 0 dB
+    yticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert len(yticks) >= 4 and all(t.get_text() for t in ax.get_yticklabels())
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == methods
+    values = {t.get_text() for t in ax.texts}
+    assert {'38.40', '37.80', '31.80', '31.30', '35.10', '34.55'} <= values  # each bar and each average
+    assert len(ax.patches) == 6  # 2 runs x (2 sets + Average)
+
+
+def test_png_always_plus_svg_and_pdf(tmp_path):
+    for name, values in ROWS.items():
+        _write_run(tmp_path / name, values, yml=False)
+    out = tmp_path / 'cmp'
+    main([str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out', str(out), '--format', 'svg', 'pdf'])
+    png = cv2.imread(str(out / 'compare_psnr.png'))
+    assert png is not None and 500 <= png.shape[0] <= 1500 and 900 <= png.shape[1] <= 3000
+    assert png.min() < 100 and png.max() == 255  # something drawn on white
+    svg = ET.parse(out / 'compare_psnr.svg').getroot()
+    assert svg.tag.endswith('svg') and 300 <= float(svg.get('width').rstrip('pt')) <= 1500
+    assert (out / 'compare_psnr.pdf').read_bytes()[:5] == b'%PDF-'
+    texts = [''.join(e.itertext()) for e in svg.iter() if e.tag.endswith('}text')]
+    assert 'run_b' in texts and 'psnr (dB)' in texts and '25.00' in texts  # text kept as text in the vector copy
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / 'run_a'), '--out', str(out), '--format', 'jpg'])
+
+
+def test_different_sets_refused_and_common_sets_average_over_them(tmp_path):
+    _write_run(tmp_path / 'run_a', {'set1': 30.5, 'set2': 20.25}, yml=False)
+    _write_run(tmp_path / 'run_b', {'set1': 31.0, 'set3': 25.0}, yml=False, average=99.0)
+    folders = [str(tmp_path / 'run_a'), str(tmp_path / 'run_b')]
+    out = tmp_path / 'cmp'
+    with pytest.raises(ValueError, match='different test sets') as error:
+        main(folders + ['--out', str(out)])
+    message = str(error.value)
+    assert f'run_a ({folders[0]}): set1, set2' in message and f'run_b ({folders[1]}): set1, set3' in message
+    assert '--common-sets' in message
+    assert not (out / 'compare.csv').exists()
+    main(folders + ['--out', str(out), '--common-sets'])
+    rows = _csv_rows(out)
+    assert list(rows['run_a']) == ['method', 'set1', 'average', 'averaged_sets', 'params (M)']
+    assert float(rows['run_a']['average']) == 30.5 and float(rows['run_b']['average']) == 31.0  # never 99 or 25.4
+    md = (out / 'compare.md').read_text()
+    assert f'dropped from run_a ({folders[0]}): set2' in md and f'dropped from run_b ({folders[1]}): set3' in md
+    assert '| run_b | 31.00 | 31.00 | 1 | – |' in md and 'computed by compare' in md
+    _write_run(tmp_path / 'run_c', {'set4': 1.0}, yml=False)
+    with pytest.raises(ValueError, match='share no test set'):
+        main(folders + [str(tmp_path / 'run_c'), '--out', str(out), '--common-sets'])
+
+
+def test_two_runs_with_the_same_name_are_refused(tmp_path):
+    _write_run(tmp_path / 'a' / 'run', {'set1': 30.0}, yml=False)
+    _write_run(tmp_path / 'b' / 'run', {'set1': 31.0}, yml=False)  # same folder basename
+    first, second = str(tmp_path / 'a' / 'run'), str(tmp_path / 'b' / 'run')
+    with pytest.raises(ValueError, match="two runs are named 'run'") as error:
+        main([first, second, '--out', str(tmp_path / 'cmp')])
+    assert first in str(error.value) and second in str(error.value)
+    _write_run(tmp_path / 'run_x', {'set1': 30.0}, yml=False)
+    _write_run(tmp_path / 'run_y', {'set1': 31.0}, yml=False)
+    for folder in ('run_x', 'run_y'):  # different folders, the same `name` in the option files
+        (tmp_path / folder / 'test.yml').write_text(yaml.safe_dump({'name': 'SymUNet_test'}))
+    with pytest.raises(ValueError, match="two runs are named 'SymUNet_test'") as error:
+        main([str(tmp_path / 'run_x'), str(tmp_path / 'run_y'), '--out', str(tmp_path / 'cmp')])
+    assert str(tmp_path / 'run_x') in str(error.value) and str(tmp_path / 'run_y') in str(error.value)
+    assert not (tmp_path / 'cmp').exists()
+
+
+def test_inf_and_nan_drawn_shown_and_kept_out_of_the_average(tmp_path):
+    _write_run(tmp_path / 'run_a', {'set1': 30.5, 'set2': math.inf, 'set3': 29.5}, yml=False)
+    _write_run(tmp_path / 'run_b', {'set1': 31.0, 'set2': 33.0, 'set3': math.nan}, yml=False)
+    out = tmp_path / 'cmp'
+    with pytest.warns(CompareWarning) as record:
+        main([str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out', str(out)])
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert messages[0].startswith('run_a / set2: psnr is inf, left out of the average')
+    assert 'LQ is identical to the GT' in messages[0]
+    assert messages[1].startswith('run_b / set3: psnr is nan, left out of the average')
+    rows = _csv_rows(out)
+    assert rows['run_a']['set2'] == 'inf' and rows['run_b']['set3'] == 'nan'
+    assert float(rows['run_a']['average']) == 30.0 and rows['run_a']['averaged_sets'] == '2'
+    assert float(rows['run_b']['average']) == 32.0 and rows['run_b']['averaged_sets'] == '2'
+    md = (out / 'compare.md').read_text()
+    assert '| run_a | 30.50 | inf | 29.50 | 30.00* | 2 | – |' in md
+    assert '| run_b | 31.00 | 33.00 | nan | 32.00* | 2 | – |' in md
+    assert messages[0] in md and messages[1] in md
+    assert cv2.imread(str(out / 'compare_psnr.png')) is not None
+    table = {'run_a': {'set1': 30.5, 'set2': math.inf}, 'run_b': {'set1': math.nan, 'set2': 33.0}}
+    fig = plot_metric(['run_a', 'run_b'], ['set1', 'set2'], table, 'psnr')
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2  # no bar for inf nor nan
+    assert {'inf', 'nan', '30.50', '33.00'} <= {t.get_text() for t in ax.texts}
+    low, high = ax.get_ylim()
+    assert math.isfinite(low) and math.isfinite(high) and low < 30.5 < 33.0 < high
+
+
+def test_command_line_errors_are_one_message_and_warnings_one_line(tmp_path, monkeypatch, capsys):
+    from allinone_basicsr import compare
+    _write_run(tmp_path / 'run_a', {'set1': 30.5}, yml=False)
+    _write_run(tmp_path / 'run_b', {'set2': 31.0}, yml=False)
+    monkeypatch.setattr(sys, 'argv', ['compare', str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out',
+                                      str(tmp_path / 'cmp')])
+    with pytest.raises(SystemExit) as exit_:
+        compare._cli()
+    assert str(exit_.value.code).startswith('compare: the runs were tested on different test sets:')
+    _write_run(tmp_path / 'run_c', {'set1': math.inf}, yml=False)
+    monkeypatch.setattr(sys, 'argv', ['compare', str(tmp_path / 'run_c'), '--out', str(tmp_path / 'cmp')])
+    monkeypatch.setattr(compare.warnings, 'showwarning', compare.warnings.showwarning)  # restored afterwards
+    with compare.warnings.catch_warnings():
+        compare.warnings.simplefilter('always')
+        compare._cli()
+    assert 'warning: run_c / set1: psnr is inf, left out of the average' in capsys.readouterr().err

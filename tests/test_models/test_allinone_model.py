@@ -1,4 +1,5 @@
 """AllInOneModel's own behaviour, built in-process from option dicts on CPU."""
+import csv
 import math
 
 import pytest
@@ -180,6 +181,50 @@ def test_validation_scores_with_gt_and_saves_images_without(tmp_path):
     model.validation(_Loader([{'lq': lq, 'lq_path': ['b.png']}], 'no_gt'), 'run', None, save_img=True)
     assert (tmp_path / 'vis' / 'no_gt' / 'b_unit.png').is_file()
     assert 'no_gt' not in (tmp_path / 'res' / 'metrics.csv').read_text()
+
+
+def test_stock_numpy_and_pt_metrics_next_to_ours(tmp_path):
+    """BasicSR's numpy metrics get uint8 BGR images (tensor2img, as SRModel gives them), its *_pt metrics tensors
+    (their result a float), ours the float RGB output: all in one table."""
+    from basicsr.metrics.psnr_ssim import calculate_psnr, calculate_psnr_pt, calculate_ssim
+    from basicsr.utils import tensor2img
+    metrics = {'psnr': {'type': 'calculate_psnr_aio'},
+               'psnr_y': {'type': 'calculate_psnr', 'crop_border': 2, 'test_y_channel': True},
+               'ssim_y': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': True},
+               'psnr_pt': {'type': 'calculate_psnr_pt', 'crop_border': 0}}
+    opt = dict(make_opt(tmp_path, TINY), is_train=False, datasets={'test_1': {}},
+               path={'results_root': str(tmp_path / 'res'), 'visualization': str(tmp_path / 'vis')},
+               val={'pbar': False, 'metrics': metrics})
+    model = build_model(opt)
+    torch.manual_seed(0)
+    gt = torch.rand(1, 3, 24, 24)
+    lq = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    model.validation(_Loader([{'lq': lq, 'gt': gt, 'lq_path': ['a.png']}], 'set'), 'run', None)
+    with open(tmp_path / 'res' / 'metrics.csv') as f:
+        row = next(csv.DictReader(f))
+    with torch.no_grad():
+        out = model.net_g(lq).clamp(0, 1)
+    img, ref = tensor2img([out]), tensor2img([gt])
+    assert float(row['psnr_y']) == pytest.approx(calculate_psnr(img, ref, 2, test_y_channel=True), abs=1e-9)
+    assert float(row['ssim_y']) == pytest.approx(calculate_ssim(img, ref, 0, test_y_channel=True), abs=1e-9)
+    assert float(row['psnr_pt']) == pytest.approx(float(calculate_psnr_pt(out, gt, 0)), abs=1e-6)
+    assert float(row['psnr']) == pytest.approx(float(calculate_psnr_pt(out, gt, 0)), abs=1e-4)  # the same PSNR
+    assert float(row['input_psnr_y']) == pytest.approx(
+        calculate_psnr(tensor2img([lq]), ref, 2, test_y_channel=True), abs=1e-9)
+    assert 'gain_psnr_y' in row and 'gain_psnr_pt' in row
+
+
+def test_images_saved_during_training_are_kept_per_test_set(tmp_path):
+    """Rain and haze test sets share image names: during training each set saves into its own folder."""
+    opt = dict(make_opt(tmp_path, TINY), datasets={'val_1': {}, 'val_2': {}},
+               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'}}})
+    opt['path'].update(visualization=str(tmp_path / 'vis'))
+    model = build_model(opt)
+    items = [{'lq': torch.rand(1, 3, 8, 8), 'gt': torch.rand(1, 3, 8, 8), 'lq_path': [f'{i}.png']} for i in range(3)]
+    for name in ('rain', 'haze'):
+        model.validation(_Loader(items, name), 100, None, save_img=True)
+    saved = sorted(str(p.relative_to(tmp_path / 'vis')) for p in (tmp_path / 'vis').rglob('*.png'))
+    assert saved == [f'{s}/{i}_100.png' for s in ('haze', 'rain') for i in range(3)]
 
 
 TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_blocks': [1, 1, 1],

@@ -1,0 +1,38 @@
+"""``--help`` of the plugin's entry points (BasicSR's own parser has no descriptions; it still parses the flags)."""
+import argparse
+import sys
+
+METHODS = ('SymUNet, SESymUNet (SE-SymUNet), DaAIR, PromptDSANet, PromptIR (network_g.type), AllInOneModel '
+           '(model_type), MixedDegradationDataset / AllInOneTestDataset (datasets), FFTLoss / TaskClassificationLoss, '
+           'calculate_psnr_aio / calculate_ssim_aio / calculate_routing_accuracy (val.metrics)')
+
+
+def help_parser(prog, description, train):
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f'Registered by this plugin (next to everything BasicSR registers): {METHODS}.\n'
+        'Option files: options/train_<method>[_5task].yml, options/test_<method>[_5task].yml, options/demo/.\n'
+        'Outputs go under the working directory (experiments/, results/, tb_logger/).')
+    parser.add_argument('-opt', required=True, metavar='FILE', help='the YAML option file')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='distributed launcher: none (one process), pytorch (torchrun), slurm (srun). Without '
+                        'CUDA the ranks use gloo; with CUDA gloo for CPU tensors and NCCL for CUDA ones')
+    if train:
+        parser.add_argument('--auto_resume', action='store_true',
+                            help='continue from the newest readable training state of experiments/<name>/ (exactly: '
+                            'same batches, crops and noise as an uninterrupted run)')
+    parser.add_argument('--debug', action='store_true',
+                        help="BasicSR's debug mode: name prefixed with debug_, logs and checkpoints every few "
+                        'iterations, no tensorboard')
+    parser.add_argument('--local_rank', type=int, default=0, help='set by old launchers; ignored (LOCAL_RANK is read)')
+    parser.add_argument('--force_yml', nargs='+', metavar='KEY=VALUE',
+                        help='override options, e.g. name=run2 train:total_iter=1000 '
+                        'datasets:train:batch_size_per_gpu=2')
+    return parser
+
+
+def print_help_if_asked(prog, description, train):
+    """Print the help and exit when ``-h`` / ``--help`` is among the arguments (before BasicSR parses them)."""
+    if '-h' in sys.argv[1:] or '--help' in sys.argv[1:]:
+        help_parser(prog, description, train).print_help()
+        sys.exit(0)
