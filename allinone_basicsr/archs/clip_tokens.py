@@ -17,7 +17,9 @@ Weights (``clip_pretrained``):
     * ``None``: random initialisation from a fixed seed (tests, smoke runs); a warning says the tokens carry no
       meaning.
     * a local file: open_clip's ``open_clip_pytorch_model.bin`` / ``.safetensors`` (full CLIP, ``visual.*`` keys),
-      OpenAI's original ``ViT-L-14.pt`` (TorchScript), or a bare visual-tower state dict.
+      or a bare visual-tower state dict, read weights-only (nothing in the file runs). OpenAI's original
+      ``ViT-L-14.pt`` is a TorchScript archive (loading it runs code): convert it once with
+      ``python -m allinone_basicsr.convert ViT-L-14.pt OUT.pth --trust-pickle`` if you trust it.
     * an open_clip pretrained tag such as ``openai``: downloaded (and cached) by open_clip on first use. Without
       network this fails with a message naming the file to fetch and where to put it.
 """
@@ -73,14 +75,17 @@ def _load_state_dict_file(path):
         from safetensors.torch import load_file
         state = load_file(path)
     else:
+        from ..models.checkpoint_util import load_checkpoint
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as load_error:  # OpenAI's original files are TorchScript archives
-            try:
-                state = torch.jit.load(path, map_location='cpu').state_dict()
-            except Exception:
-                raise RuntimeError(f'Cannot read CLIP weights {path!r}: {load_error}') from load_error
-    for wrapper in ('state_dict', 'model'):
+            state = load_checkpoint(path, key='network_g.clip_pretrained')  # weights only: runs nothing from the file
+        except Exception as load_error:
+            raise RuntimeError(
+                f'network_g.clip_pretrained: cannot read the CLIP weights {path!r} as a weights-only file '
+                f'({load_error}). OpenAI\'s original ViT-L-14.pt is a TorchScript archive, which runs code when '
+                f'loaded: if you trust it, convert it once (python -m allinone_basicsr.convert {path} '
+                f'clip_vit_l14.pth --trust-pickle) and name the converted file, or use open_clip\'s '
+                f'open_clip_pytorch_model.bin') from None
+    for wrapper in ('state_dict', 'model', 'params'):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}

@@ -1,7 +1,10 @@
 """Checkpoint reading and atomic writing for AllInOneModel (not a model module: the registry scan skips it)."""
+import argparse
+import collections
 import os
 import pickle
 
+import numpy as np
 import torch
 
 
@@ -28,16 +31,50 @@ def atomic_torch_save(obj, path):
             os.remove(tmp)
 
 
-def load_checkpoint(path, logger=None):
-    """``torch.load`` on the CPU; safe (``weights_only``) first, then a full unpickle for files that need it
-    (e.g. Lightning checkpoints holding hyper-parameter objects), with a warning: load only files you trust."""
+# Pure-data classes that Lightning checkpoints (and older training scripts) pickle besides tensors: hyper-parameter
+# containers and numpy scalars. Rebuilding them sets attributes or builds numbers; it runs no code from the file.
+_multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray  # numpy 2 / numpy 1
+SAFE_GLOBALS = [argparse.Namespace, collections.OrderedDict, collections.defaultdict, np.dtype, _multiarray.scalar]
+SAFE_GLOBALS += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+TORCH_MAGIC = (b'PK\x03\x04', b'\x80')  # a torch.save zip archive, a legacy pickle
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A file that needs more than weights to be loaded: loading it would run Python code named in the file."""
+
+
+def check_torch_file(path, key='path.pretrain_network_g'):
+    """A file that is not a PyTorch file (JSON, an image, text, ...) is refused before anything unpickles it."""
+    with open(path, 'rb') as f:
+        head = f.read(8)
+    if not head.startswith(TORCH_MAGIC):
+        raise ValueError(f'{key}: {path} is not a PyTorch checkpoint (it starts with {head!r}; torch.save writes a '
+                         'zip archive starting with PK, older files a pickle starting with \\x80)')
+
+
+def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
+    """``torch.load`` on the CPU with ``weights_only=True`` (tensors, numbers, strings, containers and the pure-data
+    classes of ``SAFE_GLOBALS``): nothing in the file can run code. A file that needs anything else is refused with
+    an :class:`UnsafeCheckpointError` naming the file and the offending globals, and how to convert it once with
+    ``python -m allinone_basicsr.convert IN OUT --trust-pickle`` if its source is trusted. The official PromptIR
+    release (a Lightning checkpoint: state dict, optimizer and scheduler states, loop and callback metadata) loads.
+    """
+    check_torch_file(path, key)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        if logger is not None:
-            logger.warning(f'{path} holds pickled Python objects ({str(err).splitlines()[0]}); loading it with '
-                           'weights_only=False. Only load checkpoints from sources you trust.')
-        return torch.load(path, map_location='cpu', weights_only=False)
+        try:
+            offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # a legacy (non-zip) file: the error message names the first one
+            offending = [str(err).split('GLOBAL ')[-1].split(' ')[0]] if 'GLOBAL ' in str(err) else []
+        allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+        offending = [g for g in offending if g not in allowed] or ['(see the message below)']
+        raise UnsafeCheckpointError(
+            f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({", ".join(offending)}); '
+            'loading it could run code from the file, so it is refused. If you trust its source, convert it once to '
+            f'a weights-only file: python -m allinone_basicsr.convert {path} CONVERTED.pth --trust-pickle, then '
+            f'point {key} at CONVERTED.pth.') from None
 
 
 def _strip_prefix(state, prefix):

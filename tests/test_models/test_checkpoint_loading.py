@@ -1,4 +1,6 @@
 """`path.pretrain_network_g` loads every known checkpoint layout, detected from the file (no conversion step)."""
+import argparse
+
 import pytest
 import torch
 
@@ -28,18 +30,52 @@ def output_of(model, ref):
 
 
 class _Hparams:
-    """Stands for the non-tensor objects Lightning pickles (e.g. argparse.Namespace hyper-parameters)."""
+    """A training script's own class pickled into a checkpoint: only a full unpickle (running code) rebuilds it."""
 
 
-def test_lightning_checkpoint_with_net_prefix(tmp_path, reference):
-    ckpt = {
-        'epoch': 119, 'global_step': 534120, 'pytorch-lightning_version': '2.0.1',
-        'state_dict': {f'net.{k}': v for k, v in reference['state_dict'].items()},
-        'loops': {}, 'callbacks': {}, 'optimizer_states': [{}], 'lr_schedulers': [{}],
-        'hyper_parameters': {'opt': _Hparams()},
-    }
-    torch.save(ckpt, tmp_path / 'model.ckpt')
+def lightning_checkpoint(reference, **extra):
+    """The layout of the official PromptIR ``model.ckpt`` (Lightning 2.0): weights under ``state_dict`` with the
+    ``net.`` prefix, and the metadata Lightning writes (loops, callback state, optimizer and scheduler states)."""
+    sd = {f'net.{k}': v for k, v in reference['state_dict'].items()}
+    return dict({
+        'epoch': 119, 'global_step': 534120, 'pytorch-lightning_version': '2.0.1', 'state_dict': sd,
+        'loops': {'fit_loop': {'state_dict': {}, 'epoch_progress': {'total': {'ready': 120, 'completed': 119}},
+                               'epoch_loop.batch_progress': {'total': {'ready': 534120}}}},
+        'callbacks': {"ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0}": {
+            'monitor': None, 'best_model_score': None, 'best_model_path': '', 'current_score': None,
+            'dirpath': 'train_ckpt', 'best_k_models': {}, 'kth_best_model_path': '',
+            'kth_value': torch.tensor(float('inf')), 'last_model_path': 'train_ckpt/epoch=118-step=529669.ckpt'}},
+        'optimizer_states': [{'state': {0: {'step': torch.tensor(534120.), 'exp_avg': torch.zeros(3)}},
+                              'param_groups': [{'lr': 2.3e-05, 'betas': (0.9, 0.999), 'eps': 1e-08,
+                                                'weight_decay': 0.01, 'amsgrad': False, 'params': [0]}]}],
+        'lr_schedulers': [{'warmup_epochs': 15, 'max_epochs': 150, 'warmup_start_lr': 0.0, 'eta_min': 0.0,
+                           'base_lrs': [0.0002], 'last_epoch': 119, '_step_count': 120, '_last_lr': [2.3e-05]}],
+    }, **extra)
+
+
+@pytest.mark.parametrize('extra', [{}, {'hyper_parameters': argparse.Namespace(lr=2e-4, epochs=120),
+                                        'hparams_name': 'opt'}])
+def test_lightning_checkpoint_with_net_prefix(tmp_path, reference, extra):
+    """The official layout (and argparse hyper-parameters) loads weights-only: no trust needed."""
+    torch.save(lightning_checkpoint(reference, **extra), tmp_path / 'model.ckpt')
     out = output_of(build_from(tmp_path / 'model.ckpt', reference), reference)
+    assert (out - reference['output']).abs().max() <= reference['atol']
+
+
+def test_a_checkpoint_with_other_python_objects_is_refused_then_converted(tmp_path, reference):
+    """A script's own class needs a full unpickle: refused, with the global and the one-time conversion named;
+    ``convert --trust-pickle`` (an explicit choice) writes a weights-only file that loads."""
+    from allinone_basicsr.convert import main as convert
+    from allinone_basicsr.models.checkpoint_util import UnsafeCheckpointError
+    torch.save(lightning_checkpoint(reference, hyper_parameters={'opt': _Hparams()}), tmp_path / 'model.ckpt')
+    with pytest.raises(UnsafeCheckpointError, match=r'test_checkpoint_loading\._Hparams.*allinone_basicsr\.convert '
+                       r'.* --trust-pickle'):
+        build_from(tmp_path / 'model.ckpt', reference)
+    with pytest.raises(SystemExit, match='refused'):
+        convert([str(tmp_path / 'model.ckpt'), str(tmp_path / 'lean.pth')])  # not without the flag
+    convert([str(tmp_path / 'model.ckpt'), str(tmp_path / 'lean.pth'), '--trust-pickle'])
+    assert set(torch.load(tmp_path / 'lean.pth', weights_only=True)) == {'params'}
+    out = output_of(build_from(tmp_path / 'lean.pth', reference), reference)
     assert (out - reference['output']).abs().max() <= reference['atol']
 
 
