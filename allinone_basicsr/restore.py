@@ -1,23 +1,57 @@
 """Restore arbitrary images with a trained model: any size and format, optional tiled inference.
 
     python -m allinone_basicsr.restore -opt options/test_symunet.yml --input DIR_OR_IMAGE --output DIR
-                                       [--tile 512 --tile-overlap 32] [--device cpu|cuda]
+                                       [--tile 512 [--tile-overlap 32]] [--device cpu|cuda|cuda:N] [--overwrite]
 
 The network and weights come from the option file (``network_g``, ``path.pretrain_network_g``, any checkpoint
 layout ``AllInOneModel`` loads). Grey images are restored as RGB, alpha channels are dropped, 16-bit images are
 read as 8-bit (with a warning). ``--tile T`` cuts the image into T×T tiles that overlap by ``--tile-overlap`` pixels,
 restores them one by one and blends the seams with a linear ramp, so memory depends on T, not on the image size
-(tiles see less context than the whole image: outputs differ slightly from untiled ones). Outputs are PNG files
-named like the inputs.
+(tiles see less context than the whole image: outputs differ slightly from untiled ones).
+
+Checked before the model loads (an error, exit status 2, nothing written): ``--tile`` is 0 (whole images) or
+positive; ``--tile-overlap`` is at least 0 and at most half the tile (each tile's blending ramps rise over its
+first and fall over its last ``overlap`` pixels, so two of them must fit in a tile; the default is 32, or half the
+tile if that is smaller); the option file, its network type and its weights file exist; ``--input`` exists and
+holds images; ``--output`` is not the input folder nor inside it (real paths compared, so symlinks do not hide it;
+for a single image: not the image's folder) unless ``--overwrite`` is given; the output folder is created and a
+file can be written in it (a read-only folder is an error, even for root); ``--device`` exists on this machine.
+
+Outputs: one PNG per input, named after it (``photo.jpg`` -> ``photo.png``). Inputs that share a stem (compared
+ignoring case, as case-insensitive file systems would merge them) get their extension in the name: ``x.jpg`` and
+``x.png`` -> ``x_jpg.png`` and ``x_png.png``, the others keep theirs; names that still clash are numbered (``_1``,
+``_2``, in sorted input order). Hidden files (names starting with ``.``) are skipped. An output file left by an earlier
+run in the output folder is replaced (the summary counts them); an input file is never replaced, unless
+``--overwrite`` allowed the input folder as output (then ``x.png`` is restored in place; ``x.jpg`` gives a new
+``x.png`` beside it). Every output is encoded in memory, written to a hidden temporary file in the output folder,
+synced and renamed, so a failed or killed run never leaves half a PNG (temporary files of dead runs are removed at
+the next start).
+
+Failures: an unreadable, corrupt or truncated image (a JPEG without its end-of-image marker, a PNG cut short or
+failing a chunk checksum, a TIFF whose directory or strips run past the end, a WebP shorter than its RIFF size, any
+image Pillow can open but not decode completely, which covers BMP, PPM and PGM), a failed write, or an error while
+restoring one image is reported; that image is skipped and the others are restored. A summary at the end lists
+every failed file with the reason; the exit status is then 1 (0 when every image was restored; 2 for an argument
+error or a network that cannot be built from the option file).
 """
 import argparse
+import io
 import os
+import pickle
+import re
+import socket
+import sys
+import tempfile
+import warnings
+import zlib
+from collections import Counter
 from os import path as osp
 
 import cv2
 import numpy as np
 import torch
 import yaml
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
@@ -25,13 +59,196 @@ from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
 from basicsr.utils.registry import ARCH_REGISTRY
 
+DEFAULT_OVERLAP = 32
+_HOST = re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname()) or 'host'
+_TMP_RE = re.compile(r'^\..+\.tmp-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)$')
+
+
+class UsageError(ValueError):
+    """A bad argument or option, found before any image is restored (the command exits with status 2)."""
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """``--input`` names no file or folder."""
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used: unreadable, corrupt, truncated or of an unsupported pixel type."""
+
+    def __init__(self, path, reason):
+        super().__init__(f'{path}: {reason}')
+        self.path, self.reason = path, reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and checking images
+
+
+def _png_problem(data):
+    """None when the PNG's chunks run, checksums intact, to its IEND chunk; otherwise what is wrong."""
+    pos, size = 8, len(data)
+    view = memoryview(data)
+    while pos + 12 <= size:
+        length = int.from_bytes(data[pos:pos + 4], 'big')
+        kind = bytes(data[pos + 4:pos + 8])
+        end = pos + 12 + length
+        if end > size:
+            return f'truncated PNG (chunk {kind.decode("latin-1")!r} cut short: {size} of {end} bytes)'
+        if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], 'big'):
+            return f'corrupt PNG (checksum mismatch in chunk {kind.decode("latin-1")!r})'
+        if kind == b'IEND':
+            return None
+        pos = end
+    return 'truncated PNG (the file ends before its IEND chunk)'
+
+
+def _jpeg_problem(data):
+    """None when the JPEG's segments and entropy-coded scans run to an EOI (end-of-image) marker; otherwise what is
+    wrong. Segments are skipped by their length (an EXIF thumbnail's own EOI is not mistaken for the end)."""
+    size, pos = len(data), 2  # after SOI
+    truncated = 'truncated JPEG (the file ends before its end-of-image marker)'
+    while True:
+        pos = data.find(b'\xff', pos)  # a marker (bytes between segments are tolerated, as libjpeg does)
+        if pos < 0:
+            return truncated
+        while pos < size and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= size:
+            return truncated
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7 or marker == 0x00:  # no length field
+            continue
+        if pos + 2 > size:
+            return truncated
+        pos += int.from_bytes(data[pos:pos + 2], 'big')
+        if pos > size:
+            return truncated
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker other than FF00 and RSTn
+            while True:
+                pos = data.find(b'\xff', pos)
+                if pos < 0:
+                    return truncated
+                nxt = pos + 1
+                while nxt < size and data[nxt] == 0xFF:
+                    nxt += 1
+                if nxt >= size:
+                    return truncated
+                if data[nxt] == 0x00 or 0xD0 <= data[nxt] <= 0xD7:
+                    pos = nxt + 1
+                    continue
+                pos = nxt - 1  # the outer loop reads this marker
+                break
+
+
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TIFF_DATA_TAGS = {273: 279, 324: 325}  # StripOffsets: StripByteCounts, TileOffsets: TileByteCounts
+
+
+def _tiff_problem(data):
+    """None when the first image directory of a (classic) TIFF, the values of its tags and its strips or tiles all
+    lie inside the file; otherwise what is missing. BigTIFF and unknown tag types are left to the decoders."""
+    order = {b'II*\x00': 'little', b'MM\x00*': 'big'}.get(bytes(data[:4]))
+    if order is None:
+        return None
+    size = len(data)
+
+    def num(pos, width):
+        return int.from_bytes(data[pos:pos + width], order)
+
+    ifd = num(4, 4)
+    if ifd + 2 > size or ifd + 2 + 12 * num(ifd, 2) + 4 > size:
+        return f'truncated TIFF (its image directory at byte {ifd} runs past the end of the {size}-byte file)'
+    values = {}
+    for i in range(num(ifd, 2)):
+        entry = ifd + 2 + 12 * i
+        tag, kind, count = num(entry, 2), num(entry + 2, 2), num(entry + 4, 4)
+        if kind not in _TIFF_TYPE_SIZES:
+            continue
+        width = _TIFF_TYPE_SIZES[kind] * count
+        pos = entry + 8 if width <= 4 else num(entry + 8, 4)
+        if pos + width > size:
+            return f'truncated TIFF (the value of tag {tag} runs past the end of the {size}-byte file)'
+        if kind in (3, 4):
+            values[tag] = [num(pos + k * _TIFF_TYPE_SIZES[kind], _TIFF_TYPE_SIZES[kind]) for k in range(count)]
+    for offsets, counts in _TIFF_DATA_TAGS.items():
+        for offset, count in zip(values.get(offsets, ()), values.get(counts, ())):
+            if offset + count > size:
+                return f'truncated TIFF (its image data runs to byte {offset + count}, the file has {size})'
+    return None
+
+
+def _pillow_problem(data):
+    """None when Pillow decodes the whole image (or cannot identify its format: OpenCV's decoding decides then);
+    otherwise what went wrong. Truncated files raise (``LOAD_TRUNCATED_IMAGES`` off), whatever the format."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, None  # large images are what tiling is for
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try:
+                img = Image.open(io.BytesIO(data))
+            except Exception:  # a format or variant Pillow does not know
+                return None
+            with img:
+                try:
+                    img.load()
+                except Exception as err:
+                    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    if 'not available' in msg or 'unsupported' in msg.lower():  # a feature Pillow lacks
+                        return None
+                    return f'truncated or corrupt {img.format or "image"} ({msg})'
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
+    return None
+
+
+def check_complete(data):
+    """None when the encoded image ``data`` is complete, otherwise the reason: a PNG's chunks (lengths, checksums,
+    IEND); a JPEG's markers (EOI) and a full Pillow decode; WebP's RIFF size; a TIFF's first directory, tag values
+    and strips or tiles inside the file; then, for every format but PNG, a full Pillow decode."""
+    if data.startswith(b'\x89PNG\r\n\x1a\n'):
+        return _png_problem(data)
+    if data.startswith(b'\xff\xd8\xff'):
+        return _jpeg_problem(data) or _pillow_problem(data)
+    if data[:4] == b'RIFF' and data[8:12] == b'WEBP' and int.from_bytes(data[4:8], 'little') + 8 > len(data):
+        return f'truncated WebP ({len(data)} of {int.from_bytes(data[4:8], "little") + 8} bytes)'
+    return _tiff_problem(data) or _pillow_problem(data)
+
+
+def decode_image(data, name):
+    """Encoded bytes -> HxWx3 float32 RGB in [0, 1]; an :class:`ImageError` naming ``name`` when they are empty,
+    truncated, corrupt or of an unsupported pixel type."""
+    if not data:
+        raise ImageError(name, 'empty file')
+    problem = check_complete(data)
+    if problem:
+        raise ImageError(name, problem)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(name, 'cannot decode it (corrupt, or a format OpenCV cannot read)')
+    try:
+        bgr = to_bgr8(img, name)
+    except ValueError as err:
+        raise ImageError(name, str(err).removeprefix(f'{name}: ')) from None
+    return np.ascontiguousarray(bgr[..., ::-1]).astype(np.float32) / 255.0
+
 
 def read_image(path):
-    """Any image file -> HxWx3 float32 RGB in [0, 1] (grey -> RGB, alpha dropped, 16-bit -> 8-bit with a warning)."""
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'cannot read image {path} (missing, corrupt or an unsupported format)')
-    return np.ascontiguousarray(to_bgr8(img, path)[..., ::-1]).astype(np.float32) / 255.0
+    """Any image file -> HxWx3 float32 RGB in [0, 1] (grey -> RGB, alpha dropped, 16-bit -> 8-bit with a warning).
+    An unreadable, corrupt or truncated file raises an :class:`ImageError` (a ValueError) with the reason."""
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as err:
+        raise ImageError(path, f'cannot read it ({err.strerror or err})') from None
+    return decode_image(data, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The network and tiled inference
 
 
 def build_network(opt, device):
@@ -69,14 +286,36 @@ def _starts(size, tile, step):
     return sorted(set(starts))
 
 
+def tiling_problem(tile, overlap):
+    """None when ``tile`` and ``overlap`` can be blended, otherwise why not.
+
+    Tiles start every ``tile - overlap`` pixels and each one's weights rise over its first ``overlap`` pixels and
+    fall over its last ``overlap`` ones (``_ramp``): a negative overlap leaves gaps that no tile covers (weight 0:
+    black or NaN stripes), and an overlap above half the tile makes the two ramps collide (``_ramp`` cuts them to
+    half the tile) while every pixel falls into three or more tiles: the seams are not blended as asked and the
+    number of tiles explodes. So: ``tile`` >= 0 (0 = whole images) and, when tiling, 0 <= 2 * overlap <= tile.
+    """
+    if tile < 0:
+        return f'--tile {tile}: must be positive (or 0 to restore whole images)'
+    if overlap < 0:
+        return f'--tile-overlap {overlap}: must be 0 or more (a negative overlap leaves unrestored stripes)'
+    if tile and 2 * overlap > tile:
+        return (f'--tile-overlap {overlap} is more than half of --tile {tile}: the blending ramps at both ends of a '
+                f'tile would collide; use --tile-overlap {tile // 2} or less, or --tile {2 * overlap} or more')
+    return None
+
+
 @torch.no_grad()
-def restore_tensor(net, img, tile=0, overlap=32):
-    """(1, 3, H, W) -> restored (1, 3, H, W). ``tile`` > 0: blended overlapping tiles of that size."""
+def restore_tensor(net, img, tile=0, overlap=DEFAULT_OVERLAP):
+    """(1, 3, H, W) -> restored (1, 3, H, W). ``tile`` > 0: blended overlapping tiles of that size (a ValueError
+    when ``tile`` and ``overlap`` cannot be blended, see :func:`tiling_problem`)."""
+    if tile:
+        problem = tiling_problem(tile, overlap)
+        if problem:
+            raise ValueError(problem)
     h, w = img.shape[-2:]
     if not tile or (h <= tile and w <= tile):
         return net(img)
-    if overlap >= tile:
-        raise ValueError(f'--tile-overlap {overlap} must be smaller than --tile {tile}')
     out = torch.zeros_like(img)
     weight = torch.zeros((1, 1, h, w), dtype=img.dtype, device=img.device)
     step = tile - overlap
@@ -93,39 +332,285 @@ def restore_tensor(net, img, tile=0, overlap=32):
     return out / weight
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments, inputs and outputs
+
+
 def list_inputs(path):
+    """The image files to restore: ``path`` itself, or the images of folder ``path`` (by extension, sorted, hidden
+    files skipped, no sub-folders)."""
     if osp.isfile(path):
         return [path]
     if not osp.isdir(path):
-        raise FileNotFoundError(f'--input: no such file or folder: {path}')
-    files = sorted(osp.join(path, f) for f in os.listdir(path) if osp.splitext(f)[1].lower() in IMG_EXTENSIONS)
+        raise InputNotFoundError(f'--input: no such file or folder: {path}')
+    files = sorted(osp.join(path, f) for f in os.listdir(path)
+                   if not f.startswith('.') and osp.splitext(f)[1].lower() in IMG_EXTENSIONS
+                   and osp.isfile(osp.join(path, f)))
     if not files:
-        raise ValueError(f'--input: no images in {path}')
+        raise UsageError(f'--input: no images in {path} (extensions: {" ".join(IMG_EXTENSIONS)})')
     return files
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def output_names(files):
+    """Input path -> output PNG name, unique even on case-insensitive file systems. An input whose stem no other
+    input shares (compared case-insensitively) keeps it: ``photo.jpg`` -> ``photo.png``. Inputs sharing a stem
+    take their extension: ``x.jpg``, ``x.png`` -> ``x_jpg.png``, ``x_png.png``; a name that still clashes
+    (``X.JPG`` and ``x.jpg``, or an input already called ``x_jpg.png``, which keeps its name) is numbered in input
+    order: ``X_jpg_1.png``, ``x_jpg_2.png``. Deterministic: the same inputs always give the same names."""
+    split = {p: osp.splitext(osp.basename(p)) for p in files}
+    stems = Counter(stem.casefold() for stem, _ in split.values())
+    names = {p: stem for p, (stem, _) in split.items() if stems[stem.casefold()] == 1}
+    taken = {name.casefold() for name in names.values()}
+    wanted = {p: f'{stem}_{ext[1:].lower() or "noext"}' for p, (stem, ext) in split.items() if p not in names}
+    counts = Counter(w.casefold() for w in wanted.values())
+    clear = {p: w for p, w in wanted.items() if counts[w.casefold()] == 1 and w.casefold() not in taken}
+    names.update(clear)
+    taken |= {w.casefold() for w in clear.values()}
+    for path in files:
+        if path in wanted and path not in clear:
+            k = 1
+            while f'{wanted[path]}_{k}'.casefold() in taken:
+                k += 1
+            names[path] = f'{wanted[path]}_{k}'
+            taken.add(names[path].casefold())
+    return {path: names[path] + '.png' for path in files}
+
+
+def _same_or_inside(folder, other):
+    """'is' when ``folder`` is ``other``, 'is inside' when it lies below it, else None. Real paths and file
+    identities are compared, so symlinks (and bind mounts) do not hide it; ``folder`` need not exist yet."""
+    target = os.stat(other)
+    probe = osp.realpath(folder)
+    first = True
+    while True:
+        try:
+            if osp.samestat(os.stat(probe), target):
+                return 'is' if first else 'is inside'
+        except OSError:  # not created yet
+            pass
+        parent = osp.dirname(probe)
+        if parent == probe:
+            return None
+        probe, first = parent, False
+
+
+def check_output_folder(input_path, output, overwrite):
+    """The output folder may not be (or lie inside) the input folder, unless ``overwrite``: restored PNGs would
+    replace inputs or be mixed with them. For a single image, only its own folder is refused."""
+    if osp.exists(output) and not osp.isdir(output):
+        raise UsageError(f'--output {output}: exists and is not a folder')
+    if overwrite:
+        return
+    if osp.isdir(input_path):
+        where = _same_or_inside(output, input_path)
+        folder = input_path
+    else:
+        folder = osp.dirname(osp.abspath(input_path))
+        where = 'is' if _same_or_inside(output, folder) == 'is' else None
+    if where:
+        raise UsageError(f'--output {output} {where} the input folder {folder}: the restored PNGs could replace the '
+                         'originals or be mixed with them; choose another folder, or pass --overwrite to allow it')
+
+
+def check_device(name):
+    """``name`` -> a torch.device that exists and works on this machine (a UsageError otherwise)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise UsageError(f'--device {name!r}: not a device name ({err}); use cpu, cuda or cuda:N') from None
+    try:
+        torch.zeros(1, device=device)
+    except Exception as err:  # no CUDA build or driver, an index beyond the device count, an unknown backend...
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f'--device {name}: not usable on this machine ({msg})') from None
+    return device
+
+
+def load_options(path):
+    """The option file, with what restoring needs checked (a UsageError naming the key otherwise)."""
+    try:
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+    except OSError as err:
+        raise UsageError(f'-opt {path}: cannot read it ({err.strerror or err})') from None
+    except yaml.YAMLError as err:
+        raise UsageError(f'-opt {path}: not valid YAML ({err})') from None
+    net = opt.get('network_g') if isinstance(opt, dict) else None
+    if not isinstance(net, dict) or not net.get('type'):
+        raise UsageError(f'-opt {path}: network_g (a mapping with a type) is missing')
+    if net['type'] not in ARCH_REGISTRY:
+        raise UsageError(f'-opt {path}: network_g.type {net["type"]!r} is not a registered network')
+    weights = (opt.get('path') or {}).get('pretrain_network_g')
+    if not weights:
+        raise UsageError(f'-opt {path}: path.pretrain_network_g names no weights to restore with')
+    if not osp.isfile(weights):
+        raise UsageError(f'-opt {path}: path.pretrain_network_g: no such file: {weights}')
+    return opt
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def prepare_output_folder(output):
+    """Create ``output``, prove a file can be written there (os.access is no proof: root passes it on a read-only
+    mount) and remove the temporary files that killed runs on this host left behind."""
+    try:
+        os.makedirs(output, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.restore-probe-', dir=output)
+        try:
+            os.write(fd, b'probe')
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as err:
+        raise UsageError(f'--output {output}: cannot write there ({err.strerror or err})') from None
+    for name in os.listdir(output):
+        match = _TMP_RE.match(name)
+        if match and match['host'] == _HOST and not _alive(int(match['pid'])):
+            try:
+                os.remove(osp.join(output, name))
+            except OSError:
+                pass
+
+
+def _file_id(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def write_png(target, bgr):
+    """Write ``bgr`` (HxWx3 uint8) as a PNG at ``target`` atomically: encoded in memory, written to a hidden
+    temporary file beside ``target``, synced, renamed. Any failure raises; no partial file stays."""
+    ok, buf = cv2.imencode('.png', bgr)
+    if not ok or buf is None:
+        raise OSError(f'cannot write {target} (PNG encoding failed)')
+    folder, name = osp.split(target)
+    tmp = osp.join(folder, f'.{name}.tmp-{_HOST}-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(buf.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as err:
+        raise OSError(f'cannot write {target} ({err.strerror or err})') from err
+    finally:
+        if osp.lexists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def _reason(err):
+    if isinstance(err, ImageError):
+        return err.reason
+    if isinstance(err, OSError):
+        return f'{err.strerror}: {err.filename}' if err.strerror and err.filename else str(err)
+    reason = f'{type(err).__name__}: {err}'
+    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+        reason += ' (try --tile 512, or smaller)'
+    return reason
+
+
+def _parser():
+    doc = __doc__.split('\n\n')
+    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.restore', description=doc[0],
+                                     epilog='\n\n'.join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-opt', required=True, help='a test option file (network_g, path.pretrain_network_g)')
-    parser.add_argument('--input', required=True, help='an image or a folder of images')
-    parser.add_argument('--output', required=True, help='folder for the restored PNG files')
-    parser.add_argument('--tile', type=int, default=0, help='tile size in pixels (0 = whole image)')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    args = parser.parse_args(argv)
-    with open(args.opt) as f:
-        opt = yaml.safe_load(f)
-    device = torch.device(args.device)
-    net = build_network(opt, device)
+    parser.add_argument('--input', required=True, help='an image or a folder of images (not its sub-folders)')
+    parser.add_argument('--output', required=True,
+                        help='folder for the restored PNG files (created; not the input folder nor inside it)')
+    parser.add_argument('--tile', type=int, default=0, help='tile size in pixels (0 = whole image, the default)')
+    parser.add_argument('--tile-overlap', type=int, default=None,
+                        help=f'overlap of neighbouring tiles in pixels, 0 to --tile/2 (default: {DEFAULT_OVERLAP}, '
+                             'or --tile/2 if smaller)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='allow --output to be the input folder or inside it (restores x.png in place)')
+    return parser
+
+
+def main(argv=None):
+    """Restore the images; returns how many were restored. Argument errors raise a :class:`UsageError` (a
+    ValueError; ``--input`` missing: also a FileNotFoundError) before the model loads; when any image failed, the
+    summary is printed on stderr and ``SystemExit(1)`` is raised after all the others were restored."""
+    args = _parser().parse_args(argv)
+    tile = args.tile
+    overlap = args.tile_overlap if args.tile_overlap is not None else min(DEFAULT_OVERLAP, max(tile, 0) // 2)
+    problem = tiling_problem(tile, overlap)
+    if problem:
+        raise UsageError(problem)
+    opt = load_options(args.opt)
     files = list_inputs(args.input)
-    os.makedirs(args.output, exist_ok=True)
+    check_output_folder(args.input, args.output, args.overwrite)
+    device = check_device(args.device)
+    created = not osp.isdir(args.output)
+    prepare_output_folder(args.output)
+    try:
+        net = build_network(opt, device)
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        if created:  # leave no empty folder behind
+            try:
+                os.rmdir(args.output)
+            except OSError:
+                pass
+        raise UsageError(f'cannot build the network of {args.opt}: {err}') from err
+
+    names = output_names(files)
+    inputs = {}
+    for path in files:
+        try:
+            inputs[_file_id(path)] = path
+        except OSError:  # vanished: reported when it is read
+            pass
+    failures, replaced, done = [], 0, 0
     for path in tqdm(files, unit='image', desc='restore'):
-        img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].to(device)
-        out = restore_tensor(net, img, args.tile, args.tile_overlap)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        name = osp.splitext(osp.basename(path))[0] + '.png'
-        cv2.imwrite(osp.join(args.output, name), (out[..., ::-1] * 255.0).round().astype(np.uint8))
-    return len(files)
+        target = osp.join(args.output, names[path])
+        try:
+            existed = osp.lexists(target)
+            other = inputs.get(_file_id(target)) if existed and osp.exists(target) else None
+            if other is not None and (other != path or not args.overwrite):  # hard links, symlinked files
+                raise OSError(f'{target} is the input file {other}: not replaced'
+                              + ('' if args.overwrite else ' (without --overwrite)'))
+            img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].to(device)
+            out = restore_tensor(net, img, tile, overlap)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            del img
+            write_png(target, (out[..., ::-1] * 255.0).round().astype(np.uint8))
+        except Exception as err:  # one bad image must not stop the batch: reported here and in the summary
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            failures.append((path, _reason(err)))
+            tqdm.write(f'restore: failed: {path}: {failures[-1][1]}', file=sys.stderr)
+            continue
+        done += 1
+        replaced += existed
+
+    note = f' ({replaced} existing files replaced)' if replaced else ''
+    print(f'restore: {done} of {len(files)} images restored into {args.output}{note}')
+    if failures:
+        lines = '\n'.join(f'  {path}: {reason}' for path, reason in failures)
+        print(f'restore: {len(failures)} of {len(files)} images FAILED (skipped):\n{lines}', file=sys.stderr)
+        raise SystemExit(1)
+    return done
+
+
+def cli(argv=None):
+    """The command: exit status 0 (all restored), 1 (some images failed, listed) or 2 (an argument error)."""
+    try:
+        return main(argv)
+    except UsageError as err:
+        print(f'restore: error: {err}', file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == '__main__':
-    main()
+    cli()

@@ -1,11 +1,14 @@
 """allinone_basicsr.restore: any image format, tiled inference close to untiled, memory bounded by the tile."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from allinone_basicsr import restore
 from allinone_basicsr.archs.symunet_arch import SymUNet
 from allinone_basicsr.restore import main, read_image, restore_tensor
 from pipeline_util import run_python
@@ -106,3 +109,213 @@ def test_peak_memory_grows_sublinearly_with_tiles():
     small, large = _peak_rss_growth_mb(256, 128), _peak_rss_growth_mb(1024, 128)  # 16× the area
     untiled_small = _peak_rss_growth_mb(256, 0)
     assert large < 4 * max(small, untiled_small, 20), (small, large)  # far below 16×
+
+
+# --- Issue 17: restore keeps every file -------------------------------------------------------------------------
+# Each test below fails on the code before issue 17 (see the report); the new functions are used as ``restore.X``
+# so that this file still imports there.
+
+def _no_model(patch):
+    """Argument checks come first: building the network fails the test."""
+    def build_network(*args, **kwargs):
+        raise AssertionError('the model was loaded before the arguments were checked')
+
+    patch.setattr(restore, 'build_network', build_network)
+
+
+def _photo(h, w, seed=0):
+    """A smooth colour image (JPEG-friendly), HxWx3 uint8 BGR."""
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _encoded(ext, h=48, w=40, seed=0, progressive=False):
+    ok, buf = cv2.imencode(ext, _photo(h, w, seed), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive else [])
+    assert ok
+    return buf.tobytes()
+
+
+def _run(opt_file, inp, out, *extra):
+    return main(['-opt', str(opt_file), '--input', str(inp), '--output', str(out), '--device', 'cpu', *extra])
+
+
+def _failures(err):
+    """The summary's failed files (base names) -> reasons."""
+    assert 'FAILED' in err, err
+    reasons = {}
+    for line in err.split('FAILED')[-1].splitlines()[1:]:
+        path, reason = line.strip().split(': ', 1)
+        reasons[os.path.basename(path)] = reason
+    return reasons
+
+
+def test_failed_writes_are_errors_even_for_root(tmp_path, opt_file, monkeypatch, capsys):
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    for name in ('a', 'b', 'c'):
+        (folder / f'{name}.png').write_bytes(_encoded('.png', seed=ord(name)))
+    (out / 'b.png').mkdir(parents=True)  # the target is a folder: no one, not even root, can write b.png
+    with pytest.raises(SystemExit) as exit_info:
+        _run(opt_file, folder, out)
+    assert exit_info.value.code == 1
+    assert list(_failures(capsys.readouterr().err)) == ['b.png']
+    assert cv2.imread(str(out / 'a.png')).shape == (48, 40, 3) and cv2.imread(str(out / 'c.png')) is not None
+    assert sorted(p.name for p in out.iterdir()) == ['a.png', 'b.png', 'c.png']  # no temporary file left
+    assert (out / 'b.png').is_dir()
+
+    # a temporary file that a killed run (a dead pid, this host) left behind is removed at the next start
+    (out / 'b.png').rmdir()
+    dead_pid = int(open('/proc/sys/kernel/pid_max').read()) + 1 if os.path.exists('/proc/sys/kernel/pid_max') \
+        else 2 ** 22 + 1
+    (out / f'.b.png.tmp-{restore._HOST}-{dead_pid}').write_bytes(b'half a png')
+    assert _run(opt_file, folder, out) == 3
+    assert sorted(p.name for p in out.iterdir()) == ['a.png', 'b.png', 'c.png']
+    assert '2 existing files replaced' in capsys.readouterr().out  # a.png, c.png of the first run
+
+    # the encoder reporting failure (cv2.imwrite / cv2.imencode return False): nothing written, exit status 1
+    out2 = tmp_path / 'out2'
+    monkeypatch.setattr(cv2, 'imwrite', lambda *args, **kwargs: False)
+    monkeypatch.setattr(cv2, 'imencode', lambda *args, **kwargs: (False, None))
+    with pytest.raises(SystemExit) as exit_info:
+        _run(opt_file, folder, out2)
+    assert exit_info.value.code == 1
+    assert list(out2.iterdir()) == []
+    assert sorted(_failures(capsys.readouterr().err)) == ['a.png', 'b.png', 'c.png']
+
+
+def test_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, opt_file, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(_encoded('.png'))
+    blocker = tmp_path / 'file.txt'
+    blocker.write_text('not a folder')
+    for out in (blocker, blocker / 'out'):  # a file, and a folder that cannot be created (fails for root too)
+        with pytest.raises(ValueError, match='--output'):
+            _run(opt_file, folder, out)
+    if os.geteuid() != 0:  # root writes into read-only folders; the cases above fail for everyone
+        read_only = tmp_path / 'ro'
+        read_only.mkdir()
+        read_only.chmod(0o555)
+        try:
+            with pytest.raises(ValueError, match='cannot write there'):
+                _run(opt_file, folder, read_only)
+        finally:
+            read_only.chmod(0o755)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # the command: a one-line error, exit status 2
+        restore.cli(['-opt', str(opt_file), '--input', str(folder), '--output', str(blocker / 'out')])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith('restore: error: --output')
+
+
+def test_output_in_the_input_folder_is_refused_unless_overwrite(tmp_path, opt_file, monkeypatch):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    original = _encoded('.png')
+    (folder / 'x.png').write_bytes(original)
+    (folder / 'y.jpg').write_bytes(_encoded('.jpg', seed=1))
+    os.symlink(folder, tmp_path / 'link')
+    with monkeypatch.context() as patch:
+        _no_model(patch)
+        for out, where in [(folder, 'is the input folder'), (folder / 'restored', 'is inside the input folder'),
+                           (tmp_path / 'link', 'is the input folder'),  # a symlink to it
+                           (tmp_path / 'link' / 'sub' / 'deeper', 'is inside the input folder'),
+                           (folder / '..' / 'in', 'is the input folder')]:
+            with pytest.raises(ValueError, match=where):
+                _run(opt_file, folder, out)
+        with pytest.raises(ValueError, match='is the input folder'):  # a single image: its own folder
+            _run(opt_file, folder / 'x.png', tmp_path / 'link')
+    assert sorted(p.name for p in folder.iterdir()) == ['x.png', 'y.jpg']  # nothing created
+    assert _run(opt_file, folder / 'x.png', folder / 'restored') == 1  # a single image: a sub-folder is fine
+    assert _run(opt_file, folder, folder, '--overwrite') == 2  # asked for: restored in place
+    assert sorted(p.name for p in folder.iterdir()) == ['restored', 'x.png', 'y.jpg', 'y.png']
+    assert (folder / 'x.png').read_bytes() != original
+    assert (folder / 'x.png').read_bytes() == (folder / 'restored' / 'x.png').read_bytes()
+
+
+def test_colliding_stems_give_distinct_outputs(tmp_path, opt_file):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'x.jpg').write_bytes(_encoded('.jpg', h=20, w=30))
+    (folder / 'x.png').write_bytes(_encoded('.png', h=24, w=16))
+    (folder / 'y.png').write_bytes(_encoded('.png', h=8, w=8))
+    assert _run(opt_file, folder, tmp_path / 'out') == 3
+    shapes = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / 'out').iterdir()}
+    assert shapes == {'x_jpg.png': (20, 30), 'x_png.png': (24, 16), 'y.png': (8, 8)}
+    names = restore.output_names(['d/X.JPG', 'd/x.jpg', 'd/x_jpg.png', 'd/x.png', 'd/z.tif'])
+    assert names == {'d/X.JPG': 'X_jpg_1.png', 'd/x.jpg': 'x_jpg_2.png', 'd/x_jpg.png': 'x_jpg.png',
+                     'd/x.png': 'x_png.png', 'd/z.tif': 'z.png'}  # distinct on case-insensitive file systems too
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, opt_file, capsys):
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    jpeg, png = _encoded('.jpg'), _encoded('.png')
+    (folder / 'a_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(range(256)) * 4)
+    (folder / 'b_good.jpg').write_bytes(jpeg)
+    (folder / 'c_empty.jpg').write_bytes(b'')
+    (folder / 'd_truncated.jpg').write_bytes(jpeg[:len(jpeg) * 2 // 3])
+    (folder / 'e_truncated.png').write_bytes(png[:len(png) // 2])
+    (folder / 'f_good.png').write_bytes(png)
+    (folder / 'g_text.bmp').write_text('not an image')
+    with pytest.raises(SystemExit) as exit_info:
+        _run(opt_file, folder, out)
+    assert exit_info.value.code == 1
+    assert sorted(p.name for p in out.iterdir()) == ['b_good.png', 'f_good.png']
+    reasons = _failures(capsys.readouterr().err)
+    assert sorted(reasons) == ['a_corrupt.png', 'c_empty.jpg', 'd_truncated.jpg', 'e_truncated.png', 'g_text.bmp']
+    assert 'truncated JPEG' in reasons['d_truncated.jpg'] and 'truncated PNG' in reasons['e_truncated.png']
+    assert 'empty' in reasons['c_empty.jpg']
+
+
+@pytest.mark.parametrize('ext,progressive,cuts', [('.jpg', False, [0.3, 0.9, -2]), ('.jpg', True, [0.5, -2]),
+                                                  ('.png', False, [0.5, -12, -1]), ('.tif', False, [0.5, -3])])
+def test_truncated_images_are_errors(tmp_path, ext, progressive, cuts):
+    data = _encoded(ext, h=64, w=80, progressive=progressive)
+    path = tmp_path / f'img{ext}'
+    path.write_bytes(data)
+    assert read_image(str(path)).shape == (64, 80, 3)
+    kind = {'.jpg': 'JPEG', '.png': 'PNG', '.tif': 'TIFF'}[ext]
+    for cut in cuts:  # a fraction kept, or bytes cut from the end (-2: a JPEG's EOI, -12: a PNG's IEND chunk)
+        path.write_bytes(data[:int(len(data) * cut)] if cut > 0 else data[:cut])
+        with pytest.raises(ValueError, match=f'truncated {kind}'):
+            read_image(str(path))
+
+
+def test_arguments_are_checked_before_the_model_loads(tmp_path, opt_file, monkeypatch):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(_encoded('.png', h=70, w=90))
+    out = tmp_path / 'out'
+    with monkeypatch.context() as patch:
+        _no_model(patch)
+        for extra, match in [(['--tile', '64', '--tile-overlap', '-8'], '--tile-overlap -8'),
+                             (['--tile', '40', '--tile-overlap', '32'], 'more than half of --tile 40'),
+                             (['--tile', '-64'], '--tile -64'),
+                             (['--device', 'nonsense'], '--device'),
+                             (['--device', 'cuda:99'], '--device cuda:99')]:
+            with pytest.raises(ValueError, match=match):
+                _run(opt_file, folder, out, *extra)
+        with pytest.raises(FileNotFoundError, match='--input'):
+            _run(opt_file, tmp_path / 'none', out)
+        with pytest.raises(ValueError, match='-opt'):
+            _run(tmp_path / 'no.yml', folder, out)
+        assert not out.exists()  # a refused command creates nothing
+    img = torch.rand(1, 3, 70, 90)
+    with pytest.raises(ValueError, match='--tile-overlap -8'):  # was: unrestored (black) stripes
+        restore_tensor(lambda x: x, img, tile=32, overlap=-8)
+    for tile, overlap in [(32, 16), (33, 16), (20, 0)]:  # tile == 2 * overlap is the limit: still seamless
+        assert torch.allclose(restore_tensor(lambda x: x, img, tile=tile, overlap=overlap), img, atol=1e-6)
+    assert _run(opt_file, folder, out, '--tile', '48') == 1  # the default overlap shrinks to 48 // 2
+
+
+def test_command_exit_status_and_summary(tmp_path, opt_file):
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    (folder / 'a_bad.jpg').write_bytes(_encoded('.jpg')[:300])
+    (folder / 'b.png').write_bytes(_encoded('.png'))
+    proc = run_python(['-m', 'allinone_basicsr.restore', '-opt', str(opt_file), '--input', str(folder),
+                       '--output', str(out), '--device', 'cpu'], check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'a_bad.jpg: truncated JPEG' in proc.stderr and cv2.imread(str(out / 'b.png')).shape == (48, 40, 3)
