@@ -20,6 +20,8 @@ import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers 
 import torch
 from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
+from allinone_basicsr.experiment import ExperimentLock, remove_temporaries
+from allinone_basicsr.option_check import check_options
 from allinone_basicsr.resume import ResumableSampler, SeededDataset, load_resume_state
 from basicsr.data import build_dataloader
 from basicsr.models import build_model
@@ -77,6 +79,33 @@ def check_ranks_agree(model, logger):
 def train_pipeline(root_path):
     opt, args = parse_options(root_path, is_train=True)
     opt['root_path'] = root_path
+    notes = check_options(opt, is_train=True)  # types and values of every key, before anything runs
+    lock = ExperimentLock(root_path, opt['name'])  # one run per experiment name (rank 0 holds it)
+    if opt['rank'] == 0:
+        lock.acquire()
+    try:
+        _train(opt, args, root_path, notes)
+    finally:
+        lock.release()
+
+
+def _check_resume_data(saved, current, opt, logger):
+    """The batch and the data of a resumed run must be those it was saved with: otherwise the saved position in the
+    epoch means other samples. An error naming what changed, unless ``path.force_resume: true``."""
+    if not saved:
+        return
+    changed = [f'{key} {saved[key]} -> {value}' for key, value in current.items() if saved.get(key, value) != value]
+    if not changed:
+        return
+    message = (f'resuming {opt["name"]} with another batch or data than it was saved with ({", ".join(changed)}): '
+               'the saved position in the epoch would point at other samples')
+    if not opt['path'].get('force_resume'):
+        raise ValueError(f'{message}. Restore the settings, start a new run (path.pretrain_network_g), or resume '
+                         'anyway with --force_yml path:force_resume=true.')
+    logger.warning(f'{message}; resuming anyway (path.force_resume).')
+
+
+def _train(opt, args, root_path, notes=()):
     torch.backends.cudnn.benchmark = True
     resume_state = load_resume_state(opt)
     if resume_state is None:
@@ -89,6 +118,11 @@ def train_pipeline(root_path):
     logger.info(get_env_info())
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)
+    for note in notes:  # numbers YAML read as strings (2e-3), converted
+        logger.warning(note)
+    if opt['rank'] == 0:
+        for path in remove_temporaries(opt['path']['experiments_root']):
+            logger.info(f'Removed {path}: the temporary file of a write a killed run never finished.')
 
     train_loader, _, val_loaders, _, total_iters = create_train_val_dataloader(opt, logger)
     train_loader, sampler = _resumable_loader(opt, train_loader)
@@ -100,8 +134,11 @@ def train_pipeline(root_path):
                          f'({batch_size}): raise dataset_enlarge_ratio or lower batch_size_per_gpu')
 
     model = build_model(opt)
+    model.run_info = {'batch_size': batch_size, 'world_size': opt['world_size'], 'samples': len(train_loader.dataset),
+                      'dataset_enlarge_ratio': opt['datasets']['train'].get('dataset_enlarge_ratio', 1)}
     epoch, current_iter = 0, 0
     if resume_state:
+        _check_resume_data(resume_state.get('run'), model.run_info, opt, logger)
         model.resume_training(resume_state)  # optimizers, schedulers, RNG states
         epoch, current_iter = resume_state['epoch'], resume_state['iter']
         sampler.skip = min(sampler.num_samples, max(0, current_iter - epoch * iters_per_epoch) * batch_size)

@@ -1,5 +1,6 @@
 """AllInOneModel: BasicSR's SRModel with the all-in-one training and evaluation protocol."""
 import csv
+import math
 import os
 from collections import OrderedDict
 from copy import deepcopy
@@ -268,15 +269,65 @@ class AllInOneModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'rng': rng,
             'nonfinite_streak': self._nonfinite_streak,
+            # what the saved position means: the schedule (a resume may change it) and the data (it may not)
+            'run': dict(getattr(self, 'run_info', {}), total_iter=self.opt['train']['total_iter'],
+                        scheduler=dict(self.opt['train']['scheduler'])),
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
-        """Optimizers and schedulers (BasicSR), plus the RNG states saved with them."""
-        super().resume_training(resume_state)
+        """Optimizers and schedulers (BasicSR), plus the RNG states saved with them.
+
+        When the option file changed the schedule since the state was saved (``train.total_iter`` raised, new
+        ``scheduler`` settings such as ``periods``), the optimizers resume and the schedule is the file's: its
+        schedulers are set to the saved step with the learning rate the new schedule gives there (BasicSR would
+        restore the old schedule and fail past its end). The log says what changed.
+        """
+        saved = (resume_state.get('run') or {})
+        changes = self._schedule_changes(saved)
+        if not changes:
+            super().resume_training(resume_state)
+        else:
+            for optimizer, state in zip(self.optimizers, resume_state['optimizers']):
+                optimizer.load_state_dict(state)
+            step = resume_state['schedulers'][0]['last_epoch']
+            for scheduler in self.schedulers:
+                self._position_scheduler(scheduler, step)
+            get_root_logger().info(f'Resuming with a changed schedule ({"; ".join(changes)}): the schedule continues '
+                                   f'from step {step} as the option file now gives it (learning rate '
+                                   f'{self.get_current_learning_rate()[0]:.4g}).')
         if 'rng' in resume_state:
             restore_rng_states(resume_state['rng'], self.opt)
         self._nonfinite_streak = resume_state.get('nonfinite_streak', 0)
+
+    def _schedule_changes(self, saved):
+        """What differs between the saved schedule and the option file's (empty for states without the record)."""
+        if 'scheduler' not in saved:
+            return []
+        train_opt = self.opt['train']
+        changes = []
+        if saved.get('total_iter') != train_opt['total_iter']:
+            changes.append(f'train.total_iter {saved.get("total_iter")} -> {train_opt["total_iter"]}')
+        old, new = dict(saved['scheduler']), dict(train_opt['scheduler'])
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f'train.scheduler.{key} {old.get(key)} -> {new.get(key)}')
+        return changes
+
+    def _position_scheduler(self, scheduler, step):
+        """Set a freshly built scheduler to ``step`` steps taken, with the learning rate of its schedule there."""
+        from ..recipe import LearningRateCurve  # closed forms of the schedules
+        train_opt = self.opt['train']
+        optim_opt = dict(train_opt['optim_g'], type=type(scheduler.optimizer).__name__)  # BasicSR popped 'type'
+        curve = LearningRateCurve({'optim_g': optim_opt, 'scheduler': train_opt['scheduler']})
+        lr = curve.scheduled(step)
+        if lr is None:
+            raise ValueError(f'train.scheduler.type {curve.scheduler_type}: the schedule changed since the state was '
+                             'saved and this scheduler has no closed form to continue from; keep its settings')
+        scheduler.last_epoch = step
+        for group in scheduler.optimizer.param_groups:
+            group['lr'] = lr / curve.base_lr * group['initial_lr']
+        scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
 
     # ------------------------------------------------------------------ validation
     def _eval_net(self):
@@ -422,6 +473,11 @@ class AllInOneModel(SRModel):
             if name in inputs and 'psnr' in name.lower():
                 row[f'gain_{name}'] = value - inputs[name]
         self._table_rows[dataset_name] = row
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                get_root_logger().warning(
+                    f'Test set {dataset_name}: {key} is {value}; left out of the average. An infinite PSNR means '
+                    'images equal to their GT: usually the LQ images are the GT (check dataroot_lq).')
         rows = list(self._table_rows.values())
         path = self.opt['path']['results_root'] if not self.opt['is_train'] else self.opt['path']['experiments_root']
         write_metric_table(rows, path, self.opt['name'])
@@ -461,27 +517,37 @@ def check_state_dict_fits(net, state, strict, load_path):
 
 
 def _average_row(rows):
+    """The mean of every numeric column over the sets, finite values only (an inf / NaN set is left out)."""
     numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
     avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in rows))
     for key in numeric:
-        values = [r[key] for r in rows if key in r]
-        avg[key] = sum(values) / len(values)
+        values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+        avg[key] = sum(values) / len(values) if values else float('nan')
     return avg
 
 
 def format_metric_table(rows):
-    """Markdown table of per-set rows plus their average (PSNR-like values with 2 decimals, SSIM with 4)."""
+    """Markdown table of per-set rows plus their average (PSNR-like values with 2 decimals, SSIM with 4); a value
+    that is not finite is flagged and a note says it is left out of the average."""
     rows = list(rows) + [_average_row(rows)]
     columns = list(rows[0].keys())
+    flagged = []
 
-    def fmt(key, value):
+    def fmt(row, key, value):
         if isinstance(value, float):
+            if not math.isfinite(value):
+                if row['test_set'] != 'Average':
+                    flagged.append(f'{row["test_set"]} {key}')
+                return f'{value} (!)'
             return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.3f}' if 'acc' in key.lower() else \
                 f'{value:.2f}'
         return str(value)
 
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    lines += ['| ' + ' | '.join(fmt(c, r.get(c, '')) for c in columns) + ' |' for r in rows]
+    lines += ['| ' + ' | '.join(fmt(r, c, r.get(c, '')) for c in columns) + ' |' for r in rows]
+    if flagged:
+        lines += ['', f'(!) not finite, left out of the Average: {", ".join(flagged)}. An infinite PSNR means images '
+                  'equal to their GT: usually the LQ images are the GT (check dataroot_lq).']
     return '\n'.join(lines)
 
 

@@ -227,6 +227,30 @@ def test_images_saved_during_training_are_kept_per_test_set(tmp_path):
     assert saved == [f'{s}/{i}_100.png' for s in ('haze', 'rain') for i in range(3)]
 
 
+def test_infinite_scores_are_flagged_and_left_out_of_the_average(tmp_path, caplog):
+    """A test set whose LQ is its GT (dataroot_lq pointing at the GT) scores an infinite input PSNR: the table flags
+    it, the average leaves it out, and a warning names the set."""
+    opt = dict(make_opt(tmp_path, TINY), is_train=False, datasets={'test_1': {}, 'test_2': {}},
+               path={'results_root': str(tmp_path / 'res'), 'visualization': str(tmp_path / 'vis')},
+               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'}}})
+    model = build_model(opt)
+    torch.manual_seed(0)
+    gt = torch.rand(1, 3, 12, 12)
+    noisy = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    model.validation(_Loader([{'lq': noisy, 'gt': gt, 'lq_path': ['a.png']}], 'fine'), 'run', None)
+    with caplog.at_level('WARNING', logger='basicsr'):
+        model.validation(_Loader([{'lq': gt.clone(), 'gt': gt, 'lq_path': ['a.png']}], 'lq_is_gt'), 'run', None)
+    with open(tmp_path / 'res' / 'metrics.csv') as f:
+        rows = {r['test_set']: r for r in csv.DictReader(f)}
+    assert rows['lq_is_gt']['input_psnr'] == 'inf'
+    assert float(rows['Average']['input_psnr']) == pytest.approx(float(rows['fine']['input_psnr']))
+    assert math.isfinite(float(rows['Average']['psnr']))
+    table = (tmp_path / 'res' / 'metrics.md').read_text()
+    assert 'inf (!)' in table and 'left out of the Average: lq_is_gt input_psnr' in table
+    assert 'Test set lq_is_gt: input_psnr is inf; left out of the average' in caplog.text
+    assert 'the LQ images are the GT' in caplog.text
+
+
 TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_blocks': [1, 1, 1],
               'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2], 'rank_ratio': 4, 'expert_kernel_size': 3}
 
