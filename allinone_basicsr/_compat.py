@@ -13,7 +13,8 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
    collective goes to the backend of its tensors' device). (``BaseModel.model_to_device`` passes CUDA
    ``device_ids`` to DDP; ``AllInOneModel`` overrides it.)
 4. lmdb >= 1 refuses to open one environment twice in a process, and BasicSR's LMDB backend opens one per
-   dataset. Ours shares one read-only environment per path within the process.
+   dataset. Ours shares one read-only environment per path within the process, and checks it when it opens it
+   (``data.lmdb_check``: a truncated ``data.mdb`` is an error naming the LMDB instead of a SIGBUS on the first read).
 
 ``apply()`` is idempotent and runs on ``import allinone_basicsr``, before anything imports basicsr.
 """
@@ -77,10 +78,10 @@ def _init_dist_slurm(backend='nccl', port=None):
 
 
 def _patch_lmdb_backend():
-    import lmdb
     from basicsr.utils import file_client
 
     def __init__(self, db_paths, client_keys='default', readonly=True, lock=False, readahead=False, **kwargs):
+        from .data.lmdb_check import open_lmdb
         if isinstance(client_keys, str):
             client_keys = [client_keys]
         self.db_paths = [str(v) for v in (db_paths if isinstance(db_paths, (list, tuple)) else [db_paths])]
@@ -93,7 +94,8 @@ def _patch_lmdb_backend():
                 raise FileNotFoundError(f'LMDB folder not found: {path}')
             key = (os.path.realpath(path), readonly, lock, readahead)
             if key not in _LMDB_ENVS:
-                _LMDB_ENVS[key] = lmdb.open(path, readonly=readonly, lock=lock, readahead=readahead, **kwargs)
+                # checked before any page is read: a truncated data.mdb is an error naming it, not a SIGBUS
+                _LMDB_ENVS[key] = open_lmdb(path, readonly=readonly, lock=lock, readahead=readahead, **kwargs)
             self._client[client] = _LMDB_ENVS[key]
 
     file_client.LmdbBackend.__init__ = __init__

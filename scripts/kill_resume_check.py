@@ -6,10 +6,13 @@ Usage (from the folder holding datasets/, e.g. after `make demo-data`):
     python scripts/kill_resume_check.py -opt options/demo/train_symunet_demo.yml --kills 3 \
         [--force_yml train:total_iter=60 logger:save_checkpoint_freq=10 ...] [--seed 0]
 
-Runs ``<name>_ref`` straight, then ``<name>_kill`` killed --kills times, each at a random moment after it saved
-one more training state (each resume continues from the newest readable training state), compares the two
-``net_g_latest.pth`` and prints the largest difference. Exit status 0 when they are equal (the tolerance is 0:
-CPU runs resume bit-exactly).
+Runs ``<name>_ref`` straight, then ``<name>_kill`` killed exactly --kills times and resumed each time, and compares
+the two ``net_g_latest.pth`` (the largest difference is printed). Every kill lands at a random moment after the run
+saved one more training state and before the run's end: a little less than the shortest time between two saves of
+the reference run (each resume continues from the newest training state). Exit status 0 when every kill landed and
+the weights are equal (the tolerance is 0: CPU runs resume bit-exactly); a run that ends before its kill (too few
+training states for the kills asked: raise ``train:total_iter`` or lower ``logger:save_checkpoint_freq``) is a
+failure that says how many kills landed.
 """
 import argparse
 import os
@@ -30,34 +33,53 @@ def train_cmd(opt_file, name, overrides, resume):
 
 
 def _states(name):
+    """{iteration: modification time} of the run's training states (``<iter>.state``; temporary files excluded)."""
     folder = os.path.join('experiments', name, 'training_states')
-    return len(os.listdir(folder)) if os.path.isdir(folder) else 0
+    states = {}
+    for file in os.listdir(folder) if os.path.isdir(folder) else []:
+        stem, ext = os.path.splitext(file)
+        if ext == '.state' and stem.isdigit():
+            states[int(stem)] = os.path.getmtime(os.path.join(folder, file))
+    return states
+
+
+def save_gap(name, duration):
+    """The shortest time between two consecutive training states of a finished run (``duration`` if < 2 states)."""
+    times = [t for _, t in sorted(_states(name).items())]
+    return min((b - a for a, b in zip(times, times[1:])), default=duration)
 
 
 def run_killed(opt_file, name, overrides, delays, log):
-    """Start; once the run has saved a new training state, SIGKILL it after the next delay; resume; repeat; finally
-    run to completion. Returns the number of kills done."""
-    kills = 0
-    for delay in delays + [None]:
+    """For each delay: start (resuming), wait until the run has saved a new training state, SIGKILL it ``delay`` s
+    later. Then run to completion. Returns the number of kills (all of them): a run that ends or fails before its
+    kill exits with a message saying how many kills landed."""
+    for landed, delay in enumerate(delays):
         proc = subprocess.Popen(train_cmd(opt_file, name, overrides, resume=True), stdout=log, stderr=log)
-        if delay is not None:
-            saved = _states(name)
-            while proc.poll() is None and _states(name) == saved:  # wait for progress: a new training state
-                time.sleep(0.2)
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                print(f'killed {delay:.1f} s after training state {_states(name)}', flush=True)
-                continue
-        proc.wait()
-        if proc.returncode != 0:
-            raise SystemExit(f'{name}: training failed with exit status {proc.returncode} (see {log.name})')
-        if delay is not None:
-            print(f'run finished before the kill at {delay:.1f} s', flush=True)
-        break
-    return kills
+        newest = max(_states(name), default=0)
+        while proc.poll() is None and max(_states(name), default=0) <= newest:  # progress: a new training state
+            time.sleep(0.05)
+        deadline = time.time() + delay
+        while proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        returncode = proc.wait()
+        newest = max(_states(name), default=0)
+        if returncode == -signal.SIGKILL:
+            print(f'killed {delay:.2f} s after training state {newest}', flush=True)
+            continue
+        if returncode == 0:
+            reason = (f'the run ended before kill {landed + 1} (newest training state: iteration {newest}); it saves '
+                      'too few training states for the kills asked: raise train:total_iter or lower '
+                      'logger:save_checkpoint_freq')
+        else:
+            reason = f'training failed with exit status {returncode}'
+        raise SystemExit(f'{name}: only {landed} of {len(delays)} kills landed: {reason} (see {log.name})')
+    proc = subprocess.run(train_cmd(opt_file, name, overrides, resume=True), stdout=log, stderr=log)
+    if proc.returncode != 0:
+        raise SystemExit(f'{name}: training failed with exit status {proc.returncode} (see {log.name})')
+    print(f'{len(delays)} of {len(delays)} kills landed', flush=True)
+    return len(delays)
 
 
 def main():
@@ -85,8 +107,9 @@ def main():
             raise SystemExit(f'{ref}: training failed (see {log.name})')
         duration = time.time() - start
         rng = random.Random(args.seed)
-        # each kill lands at a random moment after the run has saved one more training state
-        delays = [rng.uniform(0.0, 0.3) * duration / args.kills for _ in range(args.kills)]
+        # each kill lands at a random moment after the run has saved one more training state, before the next save
+        gap = save_gap(ref, duration)
+        delays = [rng.uniform(0.0, 0.8) * gap for _ in range(args.kills)]
         kills = run_killed(args.opt, killed, overrides, delays, log)
     a = torch.load(os.path.join('experiments', ref, 'models', 'net_g_latest.pth'), weights_only=True)['params']
     b = torch.load(os.path.join('experiments', killed, 'models', 'net_g_latest.pth'), weights_only=True)['params']

@@ -6,7 +6,9 @@ stem). LQ and GT are paired by key. A task with ``noise_sigma`` and no ``dataroo
 Gaussian noise to the GT (``degradations.add_gaussian_noise``): on the fly from numpy's global RNG for training
 (BasicSR seeds it per worker), from ``noise_rng(key, sigma)`` for val/test (identical in every run).
 
-Images are handled as uint8 RGB until the end and returned as float32 RGB CHW tensors in [0, 1].
+Images are handled as uint8 RGB until the end and returned as float32 RGB CHW tensors in [0, 1]; 16-bit images are
+reduced to 8 bits with a warning, given once per source (``image_io.to_bgr8``). Every LMDB is checked when it is
+listed (``lmdb_check``): a truncated ``data.mdb`` is an error naming the option key, not a SIGBUS at the first read.
 """
 import bisect
 import copy
@@ -18,11 +20,12 @@ import numpy as np
 from torch.utils import data as data
 
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from .degradations import add_gaussian_noise, noise_rng
-from .image_io import IMG_EXTENSIONS
+from .image_io import IMG_EXTENSIONS, to_bgr8
+from .lmdb_check import checked_lmdb
 
 DEFAULT_DEGRADATION_CLASSES = ('noise', 'rain', 'haze', 'blur', 'lowlight')
 
@@ -57,6 +60,10 @@ def list_source(root, where, meta_info_file=None):
 
     Returns:
         tuple[bool, dict]: (is_lmdb, {key: LMDB key or file path}), keys sorted.
+
+    An LMDB is checked first (``lmdb_check``: missing, empty or truncated ``data.mdb`` -> an error naming ``where``).
+    The first image is decoded here, so a source of 16-bit images is announced once, by this process, rather than by
+    every DataLoader worker.
     """
     root = str(root)
     if not osp.isdir(root):
@@ -64,10 +71,16 @@ def list_source(root, where, meta_info_file=None):
     is_lmdb = root.rstrip('/\\').endswith('.lmdb')
     entries = {}
     if is_lmdb:
-        meta = meta_info_file or osp.join(root, 'meta_info.txt')
-        for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
-            key = strip_image_extension(name)  # keys may hold dots (RESIDE: 0025_0.8_0.04)
-            entries[key] = key
+        with checked_lmdb(root, where) as env:
+            meta = meta_info_file or osp.join(root, 'meta_info.txt')
+            for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
+                key = strip_image_extension(name)  # keys may hold dots (RESIDE: 0025_0.8_0.04)
+                entries[key] = key
+            if entries:
+                first = min(entries)
+                with env.begin() as txn:
+                    _probe_bit_depth(txn.get(first.encode()), f'{first!r} of LMDB {osp.realpath(root)}',
+                                     osp.realpath(root))
     elif meta_info_file:
         files = {osp.splitext(v)[0]: v for v in os.listdir(root)}
         for name in _read_meta_info(meta_info_file, f'{where}: meta_info_file'):
@@ -85,7 +98,20 @@ def list_source(root, where, meta_info_file=None):
             entries[key] = osp.join(root, file)
     if not entries:
         raise ValueError(f'{where}: no images in {root}')
-    return is_lmdb, dict(sorted(entries.items()))
+    entries = dict(sorted(entries.items()))
+    if not is_lmdb:
+        first = next(iter(entries.values()))
+        with open(first, 'rb') as f:
+            _probe_bit_depth(f.read(), first, osp.dirname(first))
+    return is_lmdb, entries
+
+
+def _probe_bit_depth(content, name, source):
+    """Decode one image only for ``to_bgr8``'s once-per-source 16-bit warning; errors are left to the real read."""
+    try:
+        decode_image(content, name, source)
+    except (KeyError, ValueError):
+        pass
 
 
 def pair_sources(lq, gt, where_lq, where_gt):
@@ -134,17 +160,18 @@ def read_gt_key_map(map_file, lq, gt, where):
     return {key: mapping[key] for key in lq}
 
 
-def decode_image(content, name):
-    """Bytes -> HxWx3 uint8 RGB (grey -> 3 channels, alpha dropped, 16-bit scaled to 8-bit); errors name the image."""
+def decode_image(content, name, source=None):
+    """Bytes -> HxWx3 uint8 RGB (grey -> 3 channels, alpha dropped, 16-bit scaled to 8-bit with a warning once per
+    ``source``, the LMDB or folder: ``image_io.to_bgr8``); errors name the image."""
     if content is None:
         raise KeyError(f'image {name} not found')
-    try:
-        img = imfrombytes(content, flag='color', float32=False)
+    try:  # colour (and EXIF orientation) as BasicSR's imfrombytes, but 16-bit kept for to_bgr8
+        img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as err:
         raise ValueError(f'cannot decode image {name}: {err}') from None
     if img is None:
         raise ValueError(f'cannot decode image {name} ({len(content)} bytes)')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(to_bgr8(img, name, source), cv2.COLOR_BGR2RGB)
 
 
 def center_crop_to_multiple(img, base):
@@ -197,7 +224,7 @@ class _SourceReader:
                 content = self.file_client.get(path)
             except FileNotFoundError:
                 raise FileNotFoundError(f'image file not found: {path}') from None
-            return decode_image(content, path)
+            return decode_image(content, path, osp.dirname(path))
         if self.lmdb_client is None:
             self.lmdb_client = FileClient('lmdb', db_paths=list(self.lmdb_paths),
                                           client_keys=[f'db{i}' for i in range(len(self.lmdb_paths))])
@@ -205,7 +232,7 @@ class _SourceReader:
         content = self.lmdb_client.get(path, client_key)
         if content is None:
             raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {db_path}')
-        return decode_image(content, f'{path!r} of LMDB {db_path}')
+        return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
 
     def __getstate__(self):  # never pickle open clients into workers
         state = self.__dict__.copy()

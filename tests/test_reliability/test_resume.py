@@ -107,5 +107,48 @@ def test_sigkill_at_random_points_then_resume_matches(workdir):
                 '--force_yml', 'name=killtest'], workdir, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert 'max |weight difference| = 0' in proc.stdout
-    assert proc.stdout.count('killed ') + proc.stdout.count('finished before the kill') == 2
-    assert 'killed ' in proc.stdout  # at least one kill landed mid-run
+    assert proc.stdout.count('killed ') == 2 and '2 of 2 kills landed' in proc.stdout  # exactly the kills asked
+
+
+# A stand-in for a training run (argv: name, total_iter): resumes from its newest training state, one iteration per
+# 0.2 s, a training state every 2 iterations; a negative total_iter: a resumed run fails (exit status 3).
+FAKE_RUN = """
+import os, sys, time
+name, total = sys.argv[1], int(sys.argv[2])
+folder = os.path.join('experiments', name, 'training_states')
+os.makedirs(folder, exist_ok=True)
+done = max([int(f[:-6]) for f in os.listdir(folder) if f.endswith('.state')], default=0)
+if total < 0 and done:
+    sys.exit(3)
+for it in range(done + 1, abs(total) + 1):
+    time.sleep(0.2)
+    if it % 2 == 0:
+        open(os.path.join(folder, f'{it}.state'), 'w').close()
+"""
+
+
+def test_kill_script_does_exactly_the_kills_asked_or_fails(tmp_path, monkeypatch, capsys):
+    """Each kill lands after one more training state and before the run's end; a run that ends first (too few
+    states for the kills asked) is a failure saying how many kills landed, not a pass."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location('kill_resume_check', REPO / 'scripts' / 'kill_resume_check.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)
+    log = open(tmp_path / 'runs.log', 'w')
+    total = {}
+    monkeypatch.setattr(script, 'train_cmd', lambda opt, name, overrides, resume: [sys.executable, '-c', FAKE_RUN, name,
+                                                                                   str(total[name])])
+    total['long'] = 10  # states at 2, 4, ..., 10
+    assert script.run_killed('x.yml', 'long', [], [0.05, 0.05], log) == 2
+    out = capsys.readouterr().out
+    assert out.count('killed ') == 2 and '2 of 2 kills landed' in out
+    assert sorted(script._states('long')) == [2, 4, 6, 8, 10]
+    total['short'] = 4  # states at 2 and 4, the end: the second kill cannot land
+    with pytest.raises(SystemExit, match='short: only 1 of 3 kills landed: the run ended before kill 2'):
+        script.run_killed('x.yml', 'short', [], [0.05, 0.05, 0.05], log)
+    total['broken'] = -10  # the first resume fails
+    with pytest.raises(SystemExit, match='broken: only 1 of 2 kills landed: training failed with exit status 3'):
+        script.run_killed('x.yml', 'broken', [], [0.05, 0.05], log)
+    log.close()

@@ -1,0 +1,101 @@
+"""LMDBs checked when they are opened, before any of their pages is read.
+
+LMDB maps ``data.mdb`` into memory and reads its pages through the map: a page beyond the end of a truncated file
+(an interrupted copy or download) kills the process with SIGBUS, with no Python error and no file name (with
+DataLoader workers PyTorch blames shared memory). The check opens the environment read-only, which reads only the
+two meta pages (LMDB reads them with ``pread``, and they are checked to lie within the file), and compares the size
+the newest meta page gives the data, ``(last_pgno + 1) * psize``, with the size of ``data.mdb``.
+
+Used where the datasets list an LMDB source (``mixed_degradation_dataset.list_source``, the errors name the option
+key) and where BasicSR's LMDB backend opens its environments (``_compat._patch_lmdb_backend``), so stock BasicSR
+datasets on a truncated LMDB get the error as well.
+"""
+from contextlib import contextmanager
+from os import path as osp
+
+import lmdb
+
+
+class BrokenLmdbError(ValueError):
+    """An LMDB that cannot be read safely: truncated, empty, or refused by lmdb when opened."""
+
+
+def _name(path, where):
+    return f'{where}: LMDB {path}' if where else f'LMDB {path}'
+
+
+def check_env(env, path, where=None):
+    """Raises ``BrokenLmdbError`` if ``data.mdb`` of the open environment ``env`` (folder ``path``) is shorter than
+    its pages. Reads the meta pages only (never a page beyond the end of the file)."""
+    data_file = osp.join(str(path), 'data.mdb')
+    need = (env.info()['last_pgno'] + 1) * env.stat()['psize']
+    size = osp.getsize(data_file)
+    if size < need:
+        raise BrokenLmdbError(f'{_name(path, where)} is truncated: data.mdb has {size} bytes, its pages need {need} '
+                              '(an interrupted copy or download? copy it again or rebuild it)')
+
+
+def open_lmdb(path, where=None, **kwargs):
+    """``lmdb.open(path, **kwargs)`` of an existing LMDB folder, checked by ``check_env``.
+
+    Args:
+        path (str): LMDB folder (holding ``data.mdb``).
+        where (str | None): Option key for the messages, e.g. ``"datasets.train (name 'x'): tasks[3].dataroot_lq"``.
+        kwargs: Passed to ``lmdb.open`` (e.g. ``readonly=True, lock=False``).
+
+    Raises:
+        FileNotFoundError: no ``data.mdb`` in ``path``.
+        BrokenLmdbError: ``data.mdb`` is empty or truncated, or lmdb refuses to open it; the message names the LMDB.
+    """
+    path = str(path)
+    data_file = osp.join(path, 'data.mdb')
+    if not osp.isfile(data_file):
+        raise FileNotFoundError(f'{_name(path, where)}: no data.mdb in the folder (not an LMDB, or an incomplete copy)')
+    if osp.getsize(data_file) == 0:
+        raise BrokenLmdbError(f'{_name(path, where)}: data.mdb is empty (an interrupted copy?)')
+    try:
+        env = lmdb.open(path, **kwargs)
+    except lmdb.Error as err:
+        raise BrokenLmdbError(f'{_name(path, where)} cannot be opened: {type(err).__name__}: {err}') from None
+    try:
+        check_env(env, path, where)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def _shared_env(path):
+    """The environment this process already shares for ``path`` (``_compat``'s LMDB backend), else None: lmdb
+    refuses a second open of one environment in a process."""
+    from .. import _compat
+    real = osp.realpath(path)
+    return next((env for key, env in _compat._LMDB_ENVS.items() if key[0] == real), None)
+
+
+@contextmanager
+def checked_lmdb(path, where=None):
+    """A checked read-only environment of ``path`` for a short look (``with checked_lmdb(p, where) as env``): the
+    one the process already shares, else a temporary one closed on exit (so forked workers open their own)."""
+    path = str(path)
+    shared = _shared_env(path)
+    if shared is not None:
+        if not osp.isfile(osp.join(path, 'data.mdb')):
+            raise FileNotFoundError(f'{_name(path, where)}: no data.mdb in the folder')
+        check_env(shared, path, where)
+        yield shared
+        return
+    env = open_lmdb(path, where, readonly=True, lock=False, readahead=False)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+def check_lmdb(path, where=None):
+    """Raises (naming ``where`` and the LMDB) if the LMDB at ``path`` is missing its data, empty or truncated."""
+    with checked_lmdb(path, where):
+        pass
+
+
+__all__ = ['BrokenLmdbError', 'check_env', 'check_lmdb', 'checked_lmdb', 'open_lmdb']
