@@ -31,6 +31,7 @@ setup(
         'matplotlib>=3.7',  # compare's bar plots (also a dependency of mmengine)
         'numpy',
         'opencv-python',
+        'Pillow',  # restore's completeness checks of image files (also a dependency of torchvision)
         'open_clip_torch',
         'pyyaml',
         'scikit-image',  # metrics (PSNR/SSIM reference implementation) and the demo photos

@@ -151,6 +151,8 @@ def load_resume_state(opt):
     """
     from basicsr.utils import check_resume, scandir
 
+    from .option_check import check_training_state
+
     if opt['auto_resume']:
         state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
         states = list(scandir(state_path, suffix='state', recursive=False, full_path=False)) \
@@ -160,6 +162,7 @@ def load_resume_state(opt):
             model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
             try:
                 resume_state = torch.load(path, map_location='cpu', weights_only=True)
+                check_training_state(resume_state, path)
                 torch.load(model_path, map_location='cpu', weights_only=True)
             except Exception as error:  # truncated or corrupt: fall back to the one before
                 warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
@@ -176,5 +179,6 @@ def load_resume_state(opt):
     if not os.path.isfile(resume_state_path):
         raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
     resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    check_training_state(resume_state, resume_state_path)
     check_resume(opt, resume_state['iter'])
     return resume_state

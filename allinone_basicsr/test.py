@@ -14,6 +14,7 @@ import yaml
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 import basicsr.test as basicsr_test
 from allinone_basicsr.cli import print_help_if_asked
+from allinone_basicsr.option_check import check_options
 from basicsr.utils.options import parse_options
 
 
@@ -32,6 +33,7 @@ def test_pipeline(root_path):
 
     def parse(root, is_train=False):
         parsed['opt'], args = parse_options(root, is_train)
+        check_options(parsed['opt'], is_train=is_train)  # types and values of every key, before anything runs
         return parsed['opt'], args
 
     basicsr_test.parse_options = parse

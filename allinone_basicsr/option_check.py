@@ -1,0 +1,534 @@
+"""Types of an option file, checked before anything is built.
+
+BasicSR reads options where it uses them, so a wrong type surfaces late and far from the option file: ``width:
+'sixteen'`` inside torch, ``total_iter: '20'`` at the first log line (minutes in), ``lr: 2e-3`` (YAML 1.1 reads a
+number in exponent form without a dot as the *string* '2e-3') inside the optimizer, ``prefetch_mode: cuda`` without
+CUDA as a driver error. :func:`check_options` validates every key the plugin reads and the BasicSR keys its
+pipelines rely on, right after the options are parsed; an error names the key path (``train.optim_g.lr``), the
+value, its type and what was expected.
+
+Rules for numbers (:func:`to_number`, :func:`to_int`):
+
+- a bool is never a number (``lr: true`` is an error);
+- a string that reads as a number (``'2e-3'``, ``'1e4'``, ``'20'``) is the number it means: converted in place, and
+  the conversion is reported once per key (``logger.warning``, or ``warnings.warn`` without a logger);
+- where an int is expected, a float with an integral value (BasicSR's ``!!float 2e4``) is that int;
+- NaN (and infinity, unless the key allows it) is an error.
+
+Unknown keys are not errors here (BasicSR reads many; the plugin's datasets and archs reject unknown keys of their
+own). :func:`check_training_state` checks the content of a training state before resuming from it.
+"""
+import math
+import numbers
+import re
+import warnings
+
+__all__ = ['OptionConversionWarning', 'OptionNotes', 'check_options', 'check_training_state', 'conversion_message',
+           'to_bool', 'to_int', 'to_list', 'to_number', 'to_str']
+
+_EXPONENT_WITHOUT_DOT = re.compile(r'^([+-]?\d+)([eE][+-]?\d+)$')
+
+
+class OptionConversionWarning(UserWarning):
+    """A string option was read as the number it spells (``lr: 2e-3`` without ``!!float``)."""
+
+
+def conversion_message(key, raw, value):
+    """What a string-to-number conversion reports, with the spelling that avoids it."""
+    text = raw.strip()
+    match = _EXPONENT_WITHOUT_DOT.match(text)
+    if match:
+        hint = (f'YAML reads {text} (no dot) as a string; write {match[1]}.0{match[2]} or !!float {text}')
+    else:
+        hint = f'write {value!r} without quotes'
+    return f'{key}: the string {raw!r} is read as the number {value!r} ({hint})'
+
+
+class OptionNotes:
+    """Reports conversions, once per key: ``logger.warning`` if a logger is given, else ``warnings.warn``
+    (:class:`OptionConversionWarning`). ``messages`` keeps them all, in order."""
+
+    def __init__(self, logger=None):
+        self.logger = logger
+        self.messages = []
+        self._seen = set()
+
+    def __call__(self, key, raw, value):
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        message = conversion_message(key, raw, value)
+        self.messages.append(message)
+        if self.logger is not None:
+            self.logger.warning(message)
+        else:
+            warnings.warn(message, OptionConversionWarning, stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------------------------- value checks
+def _fail(key, value, expected, error=TypeError, suffix=''):
+    raise error(f'{key}: {value!r} ({type(value).__name__}) is not {expected}{suffix}')
+
+
+def _fmt(bound):
+    return f'{bound:g}' if isinstance(bound, float) else str(bound)
+
+
+def _expectation(kind, minimum=None, maximum=None, above=None, below=None, null=False):
+    bounds = []
+    if minimum is not None:
+        bounds.append(f'>= {_fmt(minimum)}')
+    if above is not None:
+        bounds.append(f'> {_fmt(above)}')
+    if maximum is not None:
+        bounds.append(f'<= {_fmt(maximum)}')
+    if below is not None:
+        bounds.append(f'< {_fmt(below)}')
+    text = kind + (' ' + ' and '.join(bounds) if bounds else '')
+    return text + ' or null' if null else text
+
+
+def _parse_number(text):
+    """``'20'`` -> 20, ``'2e-3'`` -> 0.002; None if the string is not a number."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def to_number(value, key, *, integer=False, minimum=None, maximum=None, above=None, below=None, null=False,
+              allow_inf=False, note=None, expected=None, suffix=''):
+    """``value`` as a number (an int if ``integer``), checked against the bounds.
+
+    Args:
+        value: The option's value.
+        key (str): Its key path for messages, e.g. ``'train.optim_g.lr'``.
+        integer (bool): An int is expected: integral floats (``2e4``) become ints, other floats are errors.
+        minimum / maximum (number | None): Inclusive bounds. above / below (number | None): Exclusive bounds.
+        null (bool): None is accepted (and returned).
+        allow_inf (bool): Infinity is accepted (e.g. a gradient norm type). NaN never is.
+        note (callable | None): ``note(key, raw, value)`` is called when a string was converted.
+        expected (str | None): What the message says was expected. Default: built from the arguments.
+        suffix (str): Appended to error messages.
+
+    Returns:
+        int | float | None: The number (a string's number; an int for integral floats if ``integer``).
+
+    Raises:
+        TypeError: Not a number (bools, non-numeric strings, other types), or not an int where one is expected.
+        ValueError: Out of bounds, NaN or infinite.
+    """
+    if expected is None:
+        expected = _expectation('an int' if integer else 'a number', minimum, maximum, above, below, null)
+    if value is None:
+        if null:
+            return None
+        _fail(key, value, expected, suffix=suffix)
+    number = value
+    if isinstance(value, str):
+        number = _parse_number(value)
+        if number is None:
+            _fail(key, value, expected, suffix=suffix)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        _fail(key, value, expected, suffix=suffix)
+    if not isinstance(number, numbers.Integral):
+        number = float(number)
+        if math.isnan(number) or (math.isinf(number) and not (allow_inf and not integer)):
+            _fail(key, value, expected, ValueError, suffix)
+        if integer:
+            if number != int(number):
+                _fail(key, value, expected, suffix=suffix)
+            number = int(number)
+        elif not isinstance(value, str):
+            number = value  # a float (or numpy float) stays as it was
+    elif integer or isinstance(value, str):
+        number = int(number)
+    if ((minimum is not None and number < minimum) or (maximum is not None and number > maximum)
+            or (above is not None and number <= above) or (below is not None and number >= below)):
+        _fail(key, value, expected, ValueError, suffix)
+    if isinstance(value, str) and note is not None:
+        note(key, value, number)
+    return number
+
+
+def to_int(value, key, **kwargs):
+    """:func:`to_number` with ``integer=True``."""
+    return to_number(value, key, integer=True, **kwargs)
+
+
+def to_bool(value, key, *, null=False, expected=None, suffix=''):
+    """A bool (YAML ``true`` / ``false``); strings and numbers are errors (``'false'`` would be truthy)."""
+    if value is None and null:
+        return None
+    if isinstance(value, bool) or type(value).__name__ == 'bool_':  # numpy.bool_
+        return bool(value)
+    _fail(key, value, expected or ('a bool (true or false)' + (' or null' if null else '')), suffix=suffix)
+
+
+def to_str(value, key, *, null=False, choices=None, expected=None, suffix=''):
+    """A string (one of ``choices`` if given)."""
+    if expected is None:
+        expected = f'one of {list(choices)}' if choices else 'a string'
+        expected += ' or null' if null else ''
+    if value is None and null:
+        return None
+    if not isinstance(value, str):
+        _fail(key, value, expected, suffix=suffix)
+    if choices is not None and value not in choices:
+        _fail(key, value, expected, ValueError, suffix)
+    return value
+
+
+def to_list(value, key, item=None, *, length=None, null=False, expected=None, suffix=''):
+    """A list (or tuple; returned as a list) whose items pass ``item(value, key)`` (key ``<key>[i]``)."""
+    if expected is None:
+        expected = f'a list of {length}' if length is not None else 'a list'
+        expected += ' or null' if null else ''
+    if value is None and null:
+        return None
+    if not isinstance(value, (list, tuple)):
+        _fail(key, value, expected, suffix=suffix)
+    if length is not None and len(value) != length:
+        _fail(key, value, expected, ValueError, suffix)
+    if item is None:
+        return list(value)
+    return [item(v, f'{key}[{i}]') for i, v in enumerate(value)]
+
+
+# ---------------------------------------------------------------------------------------------------- the walker
+class _Section:
+    """One dict of the options and its key path: ``check(key, function, required, **kwargs)`` replaces the value by
+    the checked (converted) one."""
+
+    def __init__(self, values, path, notes):
+        self.values, self.path, self.notes = values, path, notes
+
+    def key(self, key):
+        return f'{self.path}.{key}' if self.path else str(key)
+
+    def has(self, key):
+        return key in self.values
+
+    def check(self, key, function, required=False, **kwargs):
+        if key not in self.values:
+            if required:
+                raise ValueError(f'{self.key(key)}: missing ({_describe_expected(function, kwargs)})')
+            return None
+        if function in (to_number, to_int):
+            kwargs.setdefault('note', self.notes)
+        value = function(self.values[key], self.key(key), **kwargs)
+        if value is not self.values[key]:
+            self.values[key] = value
+        return value
+
+    def section(self, key, required=False, null=True):
+        """The sub-dict at ``key`` as a _Section, or None when absent (or null, if allowed)."""
+        if key not in self.values or (null and self.values[key] is None):
+            if required:
+                raise ValueError(f'{self.key(key)}: missing (expected a mapping of options)')
+            return None
+        value = self.values[key]
+        if not isinstance(value, dict):
+            _fail(self.key(key), value, 'a mapping of options' + (' or null' if null else ''))
+        return _Section(value, self.key(key), self.notes)
+
+
+def _describe_expected(function, kwargs):
+    if kwargs.get('expected'):
+        return f"expected {kwargs['expected']}"
+    if function in (to_number, to_int):
+        kind = 'an int' if function is to_int or kwargs.get('integer') else 'a number'
+        return 'expected ' + _expectation(kind, kwargs.get('minimum'), kwargs.get('maximum'), kwargs.get('above'),
+                                          kwargs.get('below'))
+    if function is to_bool:
+        return 'expected a bool (true or false)'
+    if function is to_str:
+        return f"expected one of {list(kwargs['choices'])}" if kwargs.get('choices') else 'expected a string'
+    return 'required'
+
+
+def _int_list(minimum=None):
+    return lambda v, k, note: to_list(v, k, lambda x, kx: to_int(x, kx, minimum=minimum, note=note),
+                                      expected=f"a list of {_expectation('ints', minimum)}")
+
+
+def _number_list(minimum=None):
+    return lambda v, k, note: to_list(v, k, lambda x, kx: to_number(x, kx, minimum=minimum, note=note),
+                                      expected=f"a list of {_expectation('numbers', minimum)}")
+
+
+def _check_list(section, key, make, required=False):
+    if section.has(key):
+        section.values[key] = make(section.values[key], section.key(key), section.notes)
+    elif required:
+        raise ValueError(f'{section.key(key)}: missing')
+
+
+def _check_top(top):
+    top.check('name', to_str, required=True)
+    top.check('model_type', to_str, required=True)
+    num_gpu = top.values.get('num_gpu')
+    if num_gpu != 'auto':
+        top.check('num_gpu', to_int, required=True, minimum=0, expected="an int >= 0 or 'auto'")
+    top.check('manual_seed', to_int, minimum=0, maximum=2**32 - 1, null=True)
+    top.check('scale', to_int, minimum=1)
+    top.check('find_unused_parameters', to_bool)
+
+
+def _num_gpu(opt):
+    num_gpu = opt.get('num_gpu')
+    if num_gpu == 'auto':
+        import torch
+        return torch.cuda.device_count()
+    return num_gpu
+
+
+def _check_dataset(data, key, opt, is_train):
+    phase = data.values.get('phase') or str(key).split('_')[0]
+    training = phase == 'train'
+    data.check('name', to_str, required=True)
+    data.check('type', to_str, required=True)
+    data.check('phase', to_str)
+    data.check('batch_size_per_gpu', to_int, required=training and is_train, minimum=1)
+    data.check('num_worker_per_gpu', to_int, required=training and is_train, minimum=0)
+    data.check('dataset_enlarge_ratio', to_number, above=0)
+    data.check('num_prefetch_queue', to_int, minimum=1)
+    data.check('gt_size', to_int, minimum=1)
+    data.check('scale', to_int, minimum=1)
+    for flag in ('use_hflip', 'use_rot', 'use_shuffle', 'persistent_workers', 'pin_memory'):
+        data.check(flag, to_bool)
+    mode = data.check('prefetch_mode', to_str, null=True, choices=('cpu', 'cuda'))
+    if mode == 'cuda':
+        import torch
+        where = data.key('prefetch_mode')
+        if not torch.cuda.is_available():
+            raise ValueError(f"{where}: 'cuda' needs CUDA, and torch.cuda.is_available() is False on this machine: "
+                             "use prefetch_mode: cpu (or ~)")
+        if _num_gpu(opt) == 0:
+            raise ValueError(f"{where}: 'cuda' needs num_gpu > 0 (num_gpu: 0 runs on the CPU): use prefetch_mode: "
+                             "cpu (or ~), or set num_gpu")
+        if training and data.values.get('pin_memory') is not True:
+            raise ValueError(f"{where}: 'cuda' needs {data.key('pin_memory')}: true")
+    for path_key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl'):
+        data.check(path_key, to_str, null=True)
+    data.check('degradation', to_str)
+    _check_list(data, 'degradation_classes',
+                lambda v, k, note: None if v is None else to_list(v, k, to_str, expected='a list of strings'))
+    data.check('noise_sigma', to_number, minimum=0, null=True)
+    data.check('crop_to_multiple', to_int, minimum=1, null=True)
+    io_backend = data.section('io_backend')
+    if io_backend is not None:
+        io_backend.check('type', to_str)
+    tasks = data.values.get('tasks')
+    if isinstance(tasks, (list, tuple)):  # the dataset reports a missing or malformed list itself
+        for i, task in enumerate(tasks):
+            if isinstance(task, dict):
+                section = _Section(task, data.key(f'tasks[{i}]'), data.notes)
+                section.check('name', to_str)
+                section.check('degradation', to_str)
+                for path_key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file', 'gt_key_map'):
+                    section.check(path_key, to_str, null=True)
+                section.check('noise_sigma', to_number, minimum=0, null=True)
+                section.check('repeat', to_int, minimum=1)
+
+
+def _check_network(net, notes):
+    arch = net.check('type', to_str, required=True)
+    from basicsr.utils.registry import ARCH_REGISTRY
+    try:
+        cls = ARCH_REGISTRY.get(arch)
+    except KeyError:
+        raise ValueError(f'{net.key("type")}: {arch!r} is not a registered arch; registered: '
+                         f'{sorted(ARCH_REGISTRY.keys())}') from None
+    if 'arch_option_spec' not in vars(cls):
+        return  # not decorated with check_arch_options (BasicSR's own archs): nothing describes its options
+    from .archs.arch_util import check_arch_kwargs
+    options = {k: v for k, v in net.values.items() if k != 'type'}
+    checked = check_arch_kwargs(cls, options, prefix=net.path, note=notes)
+    for k, v in checked.items():
+        if v is not net.values[k]:
+            net.values[k] = v
+
+
+# numeric fields of the schedulers (BasicSR's, ours, torch's): key -> (check, kwargs)
+_SCHEDULER_INT_LISTS = {'periods': 1, 'milestones': 0, 'restarts': 0}
+_SCHEDULER_NUMBER_LISTS = {'restart_weights': 0}
+_SCHEDULER_INTS = {'warmup_iter': 0, 'max_iter': 1, 'T_max': 1, 'T_0': 1, 'T_mult': 1, 'step_size': 1,
+                   'total_iters': 0, 'last_epoch': -1}
+_SCHEDULER_NUMBERS = {'eta_min': dict(minimum=0), 'warmup_start_lr': dict(minimum=0), 'gamma': dict(above=0),
+                      'factor': dict(above=0), 'start_factor': dict(above=0), 'end_factor': dict(minimum=0)}
+
+
+def _check_train(train):
+    train.check('total_iter', to_int, required=True, minimum=1)
+    train.check('warmup_iter', to_int)
+    optim = train.section('optim_g', required=True, null=False)
+    optim.check('type', to_str, required=True)
+    optim.check('lr', to_number, required=True, above=0)
+    optim.check('weight_decay', to_number, minimum=0)
+    optim.check('eps', to_number, above=0)
+    optim.check('momentum', to_number, minimum=0)
+    _check_list(optim, 'betas', lambda v, k, note: to_list(
+        v, k, lambda x, kx: to_number(x, kx, minimum=0, below=1, note=note), length=2,
+        expected='a list of 2 numbers >= 0 and < 1'))
+    scheduler = train.section('scheduler', required=True, null=False)
+    scheduler.check('type', to_str, required=True)
+    for key, minimum in _SCHEDULER_INT_LISTS.items():
+        _check_list(scheduler, key, _int_list(minimum))
+    for key, minimum in _SCHEDULER_NUMBER_LISTS.items():
+        _check_list(scheduler, key, _number_list(minimum))
+    for key, minimum in _SCHEDULER_INTS.items():
+        scheduler.check(key, to_int, minimum=minimum)
+    for key, bounds in _SCHEDULER_NUMBERS.items():
+        scheduler.check(key, to_number, **bounds)
+    periods, weights = scheduler.values.get('periods'), scheduler.values.get('restart_weights')
+    if isinstance(periods, list) and isinstance(weights, list) and len(periods) != len(weights):
+        raise ValueError(f'{scheduler.key("restart_weights")}: {weights} needs one weight per period '
+                         f'({scheduler.key("periods")}: {periods})')
+    for key in list(train.values):
+        if str(key).endswith('_opt'):
+            loss = train.section(key)
+            if loss is not None:
+                loss.check('type', to_str, required=True)
+                loss.check('loss_weight', to_number, minimum=0)
+                loss.check('reduction', to_str)
+    train.check('ema_decay', to_number, minimum=0, below=1)
+    clip = train.values.get('grad_clip')
+    if isinstance(clip, dict):
+        clip = train.section('grad_clip')
+        clip.check('max_norm', to_number, required=True, above=0)
+        clip.check('norm_type', to_number, above=0, allow_inf=True)
+        clip.check('error_if_nonfinite', to_bool)
+    else:
+        train.check('grad_clip', to_number, above=0, null=True,
+                    expected='a number > 0, {max_norm, norm_type} or null')
+    train.check('teacher_forcing_iter', to_int, minimum=0)
+    train.check('max_nonfinite_steps', to_int, minimum=1)
+
+
+def _check_val(val, is_train):
+    val.check('val_freq', to_int, required=is_train, minimum=1)
+    val.check('save_img', to_bool, required=True)
+    for flag in ('pbar', 'clamp', 'input_metrics'):
+        val.check(flag, to_bool)
+    metrics = val.section('metrics')
+    if metrics is None:
+        return
+    for name in list(metrics.values):
+        metric = metrics.section(name, null=False)
+        metric.check('type', to_str, required=True)
+        metric.check('crop_border', to_int, minimum=0)
+        metric.check('test_y_channel', to_bool)
+        metric.check('data_range', to_number, above=0)
+        metric.check('better', to_str, choices=('higher', 'lower'))
+        metric.check('input_order', to_str, choices=('HWC', 'CHW'))
+
+
+def _check_logger(logger, is_train):
+    logger.check('print_freq', to_int, required=is_train, minimum=1)
+    logger.check('save_checkpoint_freq', to_int, required=is_train, minimum=1)
+    logger.check('use_tb_logger', to_bool, required=is_train)
+
+
+def _check_path(path):
+    for key in list(path.values):
+        name = str(key)
+        if name.startswith('pretrain_network_') or name == 'resume_state':
+            path.check(key, to_str, null=True)
+        elif name.startswith('strict_load_'):
+            path.check(key, to_bool)
+        elif name.startswith('param_key_'):
+            path.check(key, to_str, null=True)
+
+
+def check_options(opt, logger=None, is_train=True):
+    """Check (and where YAML wrote a number as a string, convert in place) the option types.
+
+    Call it once the options are parsed, before datasets and the model are built. Checked: the top level
+    (``name``, ``model_type``, ``num_gpu``, ``manual_seed``, ``scale``), every dataset (BasicSR's loader keys,
+    ``prefetch_mode`` against the machine, the plugin datasets' numbers), ``network_g`` against the arch's
+    defaults (plugin archs: :func:`allinone_basicsr.archs.arch_util.check_arch_kwargs`), ``path``, ``train``
+    (iterations, optimizer, scheduler, losses, EMA, clipping, the plugin's keys), ``val`` and ``logger``.
+
+    Args:
+        opt (dict): Options (BasicSR's parsed options, or a loaded YAML file).
+        logger (logging.Logger | None): Conversions are reported with ``logger.warning``; without a logger with
+            ``warnings.warn`` (:class:`OptionConversionWarning`). Each key is reported once.
+        is_train (bool): Training options (``train``, ``logger`` and ``val.val_freq`` are required); False for
+            test option files (``val.save_img`` required, ``train`` / ``logger`` checked if present).
+
+    Returns:
+        list[str]: The conversion messages (also reported as above), e.g. to repeat them in a log file.
+
+    Raises:
+        TypeError: A value of the wrong type. ValueError: A value out of range, a missing required key, or
+        ``prefetch_mode: cuda`` on a machine without CUDA or with ``num_gpu: 0``. The message names the key path,
+        the value, its type and the expected type.
+    """
+    if not isinstance(opt, dict):
+        raise TypeError(f'options: expected a mapping, got {type(opt).__name__}')
+    notes = OptionNotes(logger)
+    top = _Section(opt, '', notes)
+    _check_top(top)
+    datasets = top.section('datasets', required=True, null=False)
+    for key in list(datasets.values):
+        _check_dataset(datasets.section(key, null=False), key, opt, is_train)
+    _check_network(top.section('network_g', required=True, null=False), notes)
+    path = top.section('path', required=True, null=False)
+    _check_path(path)
+    train = top.section('train', required=is_train)
+    if train is not None:
+        _check_train(train)
+    val = top.section('val', required=not is_train)
+    if val is not None:
+        _check_val(val, is_train)
+    logger_opt = top.section('logger', required=is_train)
+    if logger_opt is not None:
+        _check_logger(logger_opt, is_train)
+    return notes.messages
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+TRAINING_STATE_KEYS = ('iter', 'epoch', 'optimizers', 'schedulers')
+
+
+def check_training_state(state, path):
+    """Check a loaded training state (``training_states/<iter>.state``) before resuming from it.
+
+    Args:
+        state: What ``torch.load`` returned.
+        path (str): The file, named in the error.
+
+    Returns:
+        dict: ``state``.
+
+    Raises:
+        ValueError: ``state`` is not a dict with ``iter`` and ``epoch`` (ints >= 0) and ``optimizers`` and
+            ``schedulers`` (lists); the message names the file and what it holds instead.
+    """
+    where = f'training state {path}'
+    if not isinstance(state, dict):
+        raise ValueError(f'{where}: holds a {type(state).__name__}, not a training state (a dict with '
+                         f'{list(TRAINING_STATE_KEYS)}, written by the training as training_states/<iter>.state)')
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+    if missing:
+        found = sorted(map(str, state))
+        hint = ''
+        if any(key in state for key in ('params', 'params_ema', 'state_dict')):
+            hint = ('; it looks like network weights (give such a file as path.pretrain_network_g, not as a '
+                    'training state)')
+        raise ValueError(f'{where}: not a training state: missing {missing} (keys found: {found[:20]}){hint}')
+    for key in ('iter', 'epoch'):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f'{where}: {key!r} is {value!r} ({type(value).__name__}), expected an int >= 0')
+    for key in ('optimizers', 'schedulers'):
+        value = state[key]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f'{where}: {key!r} is a {type(value).__name__}, expected a list of state dicts')
+    return state
