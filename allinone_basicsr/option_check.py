@@ -409,6 +409,13 @@ def _check_train(train):
                     expected='a number > 0, {max_norm, norm_type} or null')
     train.check('teacher_forcing_iter', to_int, minimum=0)
     train.check('max_nonfinite_steps', to_int, minimum=1)
+    _check_precision(train)
+
+
+def _check_precision(section):
+    """``amp`` (bf16 | fp16 | ~) and ``compile`` (bool) of ``train`` / ``val`` (models/precision.py)."""
+    section.check('amp', to_str, null=True, choices=('bf16', 'fp16', 'fp32'))
+    section.check('compile', to_bool)
 
 
 def _check_val(val, is_train):
@@ -416,6 +423,7 @@ def _check_val(val, is_train):
     val.check('save_img', to_bool, required=True)
     for flag in ('pbar', 'clamp', 'input_metrics'):
         val.check(flag, to_bool)
+    _check_precision(val)
     metrics = val.section('metrics')
     if metrics is None:
         return

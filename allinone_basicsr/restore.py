@@ -57,6 +57,7 @@ from tqdm import tqdm
 import allinone_basicsr  # noqa: F401  (registers the archs)
 from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
+from allinone_basicsr.models.precision import amp_dtype, autocast
 from basicsr.utils.registry import ARCH_REGISTRY
 
 DEFAULT_OVERLAP = 32
@@ -534,6 +535,9 @@ def _parser():
                              'or --tile/2 if smaller)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--amp', choices=('bf16', 'fp16', 'fp32'), default=None,
+                        help="inference precision (default: the option file's val.amp, else fp32); bf16 runs on CPUs "
+                             'and GPUs, fp16 is for GPUs')
     parser.add_argument('--overwrite', action='store_true',
                         help='allow --output to be the input folder or inside it (restores x.png in place)')
     return parser
@@ -550,6 +554,10 @@ def main(argv=None):
     if problem:
         raise UsageError(problem)
     opt = load_options(args.opt)
+    try:
+        precision = amp_dtype(args.amp or (opt.get('val') or {}).get('amp'), 'val.amp')
+    except ValueError as err:
+        raise UsageError(f'-opt {args.opt}: {err}') from None
     files = list_inputs(args.input)
     check_output_folder(args.input, args.output, args.overwrite)
     device = check_device(args.device)
@@ -582,7 +590,9 @@ def main(argv=None):
                 raise OSError(f'{target} is the input file {other}: not replaced'
                               + ('' if args.overwrite else ' (without --overwrite)'))
             img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].to(device)
-            out = restore_tensor(net, img, tile, overlap)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            with autocast(device, precision):
+                out = restore_tensor(net, img, tile, overlap)
+            out = out[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
             del img
             write_png(target, (out[..., ::-1] * 255.0).round().astype(np.uint8))
         except Exception as err:  # one bad image must not stop the batch: reported here and in the summary

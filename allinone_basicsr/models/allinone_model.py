@@ -21,6 +21,7 @@ from ..metrics.routing_accuracy_metric import routing_vote
 from ..resume import gather_rng_states, restore_rng_states
 from .checkpoint_util import atomic_torch_save, extract_state_dict, load_checkpoint
 from .optimization import optimizer_class, scheduler_class
+from .precision import Compiled, amp_dtype, autocast, grad_scaler
 
 ROUTING_METRICS = ('calculate_routing_accuracy',)  # scored on the task logits, not on the image
 
@@ -99,6 +100,9 @@ class AllInOneModel(SRModel):
             self.grad_clip = grad_clip
         else:
             self.grad_clip = {'max_norm': float(grad_clip)}
+        self.amp = amp_dtype(train_opt.get('amp'), 'train.amp')
+        self.scaler = grad_scaler(self.device, self.amp)
+        self._train_forward = Compiled(self.net_g, 'train.compile', logger) if train_opt.get('compile') else self.net_g
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         return optimizer_class(optim_type)(params, lr, **kwargs)
@@ -135,12 +139,15 @@ class AllInOneModel(SRModel):
         if self.cri_cls is not None:
             if self.degradation is None:
                 raise KeyError('train.cls_opt needs degradation labels: the train dataset returned no "degradation"')
-            if current_iter <= self.opt['train'].get('teacher_forcing_iter', 0):  # route by the labels
-                self.output, task_logits = self.net_g(self.lq, return_task_logits=True, task_labels=self.degradation)
-            else:
-                self.output, task_logits = self.net_g(self.lq, return_task_logits=True)
+            labels = {'task_labels': self.degradation} \
+                if current_iter <= self.opt['train'].get('teacher_forcing_iter', 0) else {}  # route by the labels
+            with autocast(self.device, self.amp):
+                self.output, task_logits = self._train_forward(self.lq, return_task_logits=True, **labels)
+            task_logits = [lg.float() for lg in task_logits]
         else:
-            self.output = self.net_g(self.lq)
+            with autocast(self.device, self.amp):
+                self.output = self._train_forward(self.lq)
+        self.output = self.output.float()  # the losses in float32
 
         loss_dict = OrderedDict()
         if self.cri_pix:
@@ -157,13 +164,19 @@ class AllInOneModel(SRModel):
             loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
         l_total = sum(loss_dict.values())
         finite = torch.isfinite(l_total.detach())
-        l_total.backward()
+        (self.scaler.scale(l_total) if self.scaler else l_total).backward()
         # the one host sync of the step, after the backward is queued: skip the step if any rank's loss is not finite
         if not self._loss_is_finite(finite, loss_dict, current_iter):
             return  # step skipped: no optimizer step, no EMA
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer_g)  # clip the true gradients
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), **self.grad_clip)
-        self.optimizer_g.step()
+        if self.scaler:  # float16: skips the step when the scaled gradients overflowed, then adapts the scale
+            self.scaler.step(self.optimizer_g)
+            self.scaler.update()
+        else:
+            self.optimizer_g.step()
 
         bare = self.get_bare_model(self.net_g)
         if hasattr(bare, 'after_optimizer_step'):
@@ -234,14 +247,26 @@ class AllInOneModel(SRModel):
         """Inference with the bare network (net_g_ema if present; never the DDP wrapper, whose forward is a collective)
         in eval mode; archs with task logits also give ``self.task_logits``."""
         net = self._eval_net()
+        forward = self._eval_forward(net)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, amp_dtype((self.opt.get('val') or {}).get('amp'), 'val.amp')):
             if getattr(net, 'has_task_logits', False):
-                self.output, self.task_logits = net(self.lq, return_task_logits=True)
+                self.output, self.task_logits = forward(self.lq, return_task_logits=True)
+                self.task_logits = [lg.float() for lg in self.task_logits]
             else:
-                self.output, self.task_logits = net(self.lq), None
+                self.output, self.task_logits = forward(self.lq), None
+        self.output = self.output.float()
         net.train(was_training)
+
+    def _eval_forward(self, net):
+        """The inference forward: ``net``, or its compiled form with ``val.compile`` (or ``train.compile``)."""
+        if not ((self.opt.get('val') or {}).get('compile') or (self.opt.get('train') or {}).get('compile')):
+            return net
+        cached = getattr(self, '_compiled_eval', None)
+        if cached is None or cached.module is not net:
+            self._compiled_eval = Compiled(net, 'val.compile', get_root_logger())
+        return self._compiled_eval
 
     # ------------------------------------------------------------------ saving
     @master_only
@@ -269,6 +294,7 @@ class AllInOneModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'rng': rng,
             'nonfinite_streak': self._nonfinite_streak,
+            'scaler': self.scaler.state_dict() if getattr(self, 'scaler', None) else None,
             # what the saved position means: the schedule (a resume may change it) and the data (it may not)
             'run': dict(getattr(self, 'run_info', {}), total_iter=self.opt['train']['total_iter'],
                         scheduler=dict(self.opt['train']['scheduler'])),
@@ -298,6 +324,8 @@ class AllInOneModel(SRModel):
                                    f'{self.get_current_learning_rate()[0]:.4g}).')
         if 'rng' in resume_state:
             restore_rng_states(resume_state['rng'], self.opt)
+        if getattr(self, 'scaler', None) and resume_state.get('scaler'):
+            self.scaler.load_state_dict(resume_state['scaler'])
         self._nonfinite_streak = resume_state.get('nonfinite_streak', 0)
 
     def _schedule_changes(self, saved):

@@ -319,3 +319,31 @@ def test_command_exit_status_and_summary(tmp_path, opt_file):
                        '--output', str(out), '--device', 'cpu'], check=False, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert 'a_bad.jpg: truncated JPEG' in proc.stderr and cv2.imread(str(out / 'b.png')).shape == (48, 40, 3)
+
+
+@pytest.mark.parametrize('tile', [0, 32])
+def test_bf16_inference_from_the_option_file_or_the_flag(tmp_path, opt_file, tile):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'photo.png'), _photo(48, 40))
+    opt_bf16 = tmp_path / 'bf16.yml'
+    opt_bf16.write_text(yaml.safe_dump(dict(yaml.safe_load(opt_file.read_text()), val={'amp': 'bf16'})))
+    outs = {}
+    for name, args in (('fp32', ['-opt', str(opt_file)]), ('val_amp', ['-opt', str(opt_bf16)]),
+                       ('flag', ['-opt', str(opt_file), '--amp', 'bf16']),
+                       ('flag_wins', ['-opt', str(opt_bf16), '--amp', 'fp32'])):
+        assert main(args + ['--input', str(folder), '--output', str(tmp_path / name), '--tile', str(tile)]) == 1
+        outs[name] = cv2.imread(str(tmp_path / name / 'photo.png')).astype(int)
+    assert np.array_equal(outs['val_amp'], outs['flag'])  # val.amp and --amp bf16 are the same inference
+    assert np.array_equal(outs['flag_wins'], outs['fp32'])  # --amp overrides the option file
+    assert not np.array_equal(outs['flag'], outs['fp32'])  # ... which did run in bfloat16
+    assert np.abs(outs['flag'] - outs['fp32']).max() <= 3  # within 3 of 255 levels of float32
+
+
+def test_unknown_precision_in_the_option_file_is_a_usage_error(tmp_path, opt_file):
+    bad = tmp_path / 'bad.yml'
+    bad.write_text(yaml.safe_dump(dict(yaml.safe_load(opt_file.read_text()), val={'amp': 'int8'})))
+    (tmp_path / 'in.png').write_bytes(cv2.imencode('.png', _photo(8, 8))[1].tobytes())
+    with pytest.raises(restore.UsageError, match=r"val.amp: 'int8' is not a precision; valid: bf16, fp16"):
+        main(['-opt', str(bad), '--input', str(tmp_path / 'in.png'), '--output', str(tmp_path / 'out')])
+    assert not (tmp_path / 'out').exists()

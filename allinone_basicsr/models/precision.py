@@ -1,0 +1,58 @@
+"""Mixed precision and compilation for AllInOneModel: ``train.amp`` / ``val.amp`` and ``train.compile`` /
+``val.compile``.
+
+- ``amp: bf16`` runs the network's forward under ``torch.autocast`` in bfloat16 (CUDA and CPU); ``amp: fp16`` in
+  float16 with a ``GradScaler`` (its state travels in the training state, so resume stays exact). Weights,
+  gradients, the optimizer, EMA and checkpoints stay float32; the losses are computed in float32 on the output
+  cast back. The blocks keep their numerically sensitive parts in float32 (MDTA's norms and softmax: see
+  ``archs/restormer_blocks.py``). ``~`` (default) is float32.
+- ``compile: true`` runs the forward through ``torch.compile``. The module itself is unchanged, so checkpoints keep
+  their keys (no ``_orig_mod.``); when compiling fails (no compiler, an unsupported op), the run says why once and
+  continues eagerly in float32 semantics as configured.
+"""
+import contextlib
+
+import torch
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def amp_dtype(value, key):
+    """The autocast dtype an option names (``bf16``, ``fp16``), or None for ``~`` / ``fp32``."""
+    if value in (None, 'fp32'):
+        return None
+    if value not in AMP_DTYPES:
+        raise ValueError(f'{key}: {value!r} is not a precision; valid: bf16, fp16, ~ (float32)')
+    return AMP_DTYPES[value]
+
+
+def autocast(device, dtype):
+    """``torch.autocast`` on ``device``'s type in ``dtype``; nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device, dtype):
+    """A GradScaler for float16 training (bfloat16 has float32's exponent range and needs none), else None."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+class Compiled:
+    """``module``'s forward through ``torch.compile``, falling back to the eager module (once, with a warning naming
+    the error) if compiling or running the compiled graph fails; an error the eager module raises too is raised."""
+
+    def __init__(self, module, what, logger):
+        self.module, self.what, self.logger = module, what, logger
+        self.compiled = torch.compile(module)
+        self.failed = False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # any compiler failure: fall back; the eager call re-raises real errors
+                self.failed = True
+                self.logger.warning(f'{self.what}: torch.compile failed ({type(err).__name__}: '
+                                    f'{str(err).splitlines()[0] if str(err) else ""}); running eagerly instead.')
+        return self.module(*args, **kwargs)
