@@ -22,8 +22,14 @@ Weights (``clip_pretrained``):
       ``python -m allinone_basicsr.convert ViT-L-14.pt OUT.pth --trust-pickle`` if you trust it.
     * an open_clip pretrained tag such as ``openai``: downloaded (and cached) by open_clip on first use. Without
       network this fails with a message naming the file to fetch and where to put it.
+
+Official SE-SymUNet checkpoints embed the whole Hugging Face ``CLIPModel`` (submodule ``clip_model``).
+:func:`hf_clip_to_open_clip_visual` turns its vision half into this tower's layout (exactly: renames, q/k/v
+concatenated into ``in_proj``, ``visual_projection`` transposed into ``proj``) and drops the text half;
+:func:`embedded_clip_tokenizer` makes a tokenizer of those weights (SESymUNet's ``load_official_state``).
 """
 import os
+import re
 import threading
 import warnings
 import weakref
@@ -45,7 +51,35 @@ HF_TO_OPEN_CLIP = {
 }
 
 _SHARED_TOWERS = weakref.WeakValueDictionary()
+_EMBEDDED_TOWERS = weakref.WeakSet()  # tokenizers of weights embedded in a checkpoint (no file name to key them by)
 _SHARED_LOCK = threading.Lock()
+
+# Hugging Face CLIPModel (vision half, keys after ``vision_model.``) -> open_clip visual tower.
+_HF_VISION_NAMES = {
+    'embeddings.patch_embedding.weight': 'conv1.weight',
+    'embeddings.class_embedding': 'class_embedding',
+    'embeddings.position_embedding.weight': 'positional_embedding',
+    'pre_layrnorm.weight': 'ln_pre.weight',  # sic: Hugging Face's spelling
+    'pre_layrnorm.bias': 'ln_pre.bias',
+    'post_layernorm.weight': 'ln_post.weight',
+    'post_layernorm.bias': 'ln_post.bias',
+}
+_HF_LAYER_NAMES = {
+    'self_attn.out_proj.weight': 'attn.out_proj.weight',
+    'self_attn.out_proj.bias': 'attn.out_proj.bias',
+    'layer_norm1.weight': 'ln_1.weight',
+    'layer_norm1.bias': 'ln_1.bias',
+    'layer_norm2.weight': 'ln_2.weight',
+    'layer_norm2.bias': 'ln_2.bias',
+    'mlp.fc1.weight': 'mlp.c_fc.weight',
+    'mlp.fc1.bias': 'mlp.c_fc.bias',
+    'mlp.fc2.weight': 'mlp.c_proj.weight',
+    'mlp.fc2.bias': 'mlp.c_proj.bias',
+}
+_HF_LAYER = re.compile(r'encoder\.layers\.(\d+)\.(.+)$')
+_HF_QKV = re.compile(r'self_attn\.([qkv])_proj\.(weight|bias)$')
+_HF_BUFFERS = ('embeddings.position_ids',)  # an arange that older transformers versions saved: not a weight
+_HF_TEXT = ('text_model.', 'text_projection.', 'logit_scale')  # the text half: never used by SE-SymUNet
 
 
 def resolve_clip_model_name(name):
@@ -94,6 +128,76 @@ def _load_state_dict_file(path):
     return state
 
 
+def hf_clip_to_open_clip_visual(state, where='clip_model'):
+    """The vision tower of a Hugging Face ``CLIPModel`` state dict (keys without the ``clip_model.`` prefix) in the
+    open_clip visual tower's layout, and what was found.
+
+    ``vision_model.*`` and ``visual_projection.weight`` are converted exactly (the tensors themselves, renamed;
+    ``in_proj_weight/bias`` = q, k, v concatenated; ``proj`` = ``visual_projection.weight`` transposed); the text
+    tower (``text_model.*``, ``text_projection``, ``logit_scale``) and ``position_ids`` buffers are dropped.
+    Any other key, or a layer missing one of q/k/v, is an error naming it (``where`` prefixes the names).
+
+    Returns:
+        (dict, dict): the open_clip visual state dict, and counts ``{'keys', 'vision', 'text', 'buffers',
+        'tensors'}`` (HF keys found, vision keys converted, text keys and buffers dropped, tensors written).
+    """
+    visual, qkv, unknown = {}, {}, []
+    counts = dict(keys=len(state), vision=0, text=0, buffers=0)
+    for key, value in state.items():
+        if key.startswith(_HF_TEXT):
+            counts['text'] += 1
+            continue
+        if key == 'visual_projection.weight':
+            visual['proj'] = value.t().contiguous()
+            counts['vision'] += 1
+            continue
+        name = key[len('vision_model.'):] if key.startswith('vision_model.') else None
+        layer = _HF_LAYER.match(name or '')
+        attn = _HF_QKV.match(layer.group(2)) if layer else None
+        if name in _HF_BUFFERS:
+            counts['buffers'] += 1
+            continue
+        if name in _HF_VISION_NAMES:
+            visual[_HF_VISION_NAMES[name]] = value
+        elif layer and layer.group(2) in _HF_LAYER_NAMES:
+            visual[f'transformer.resblocks.{layer.group(1)}.{_HF_LAYER_NAMES[layer.group(2)]}'] = value
+        elif attn:
+            qkv.setdefault((int(layer.group(1)), attn.group(2)), {})[attn.group(1)] = value
+        else:
+            unknown.append(f'{where}.{key}')
+            continue
+        counts['vision'] += 1
+    if unknown:
+        raise ValueError(f'{where}: {len(unknown)} key(s) are not part of a Hugging Face CLIPModel as this converter '
+                         f'knows it: {", ".join(unknown[:5])}{" ..." if len(unknown) > 5 else ""}')
+    for (layer, kind), parts in sorted(qkv.items()):
+        missing = [p for p in 'qkv' if p not in parts]
+        if missing:
+            raise ValueError(f'{where}: vision layer {layer} lacks self_attn.{"/".join(missing)}_proj.{kind}')
+        visual[f'transformer.resblocks.{layer}.attn.in_proj_{kind}'] = torch.cat([parts[p] for p in 'qkv'])
+    if not visual:
+        raise ValueError(f'{where}: holds no vision tower (vision_model.*); found {counts["keys"]} key(s)')
+    counts['tensors'] = len(visual)
+    return visual, counts
+
+
+def tower_differences(tower, state):
+    """How the weights of ``tower`` (an ``nn.Module``) differ from ``state``: a list of readable lines, empty when
+    the keys are the same and every tensor is exactly equal."""
+    own = tower.state_dict()
+    lines = [f'{k}: missing' for k in own if k not in state] + [f'{k}: unexpected' for k in state if k not in own]
+    for key in own:
+        if key not in state:
+            continue
+        mine, theirs = own[key], state[key].to(own[key].device)
+        if mine.shape != theirs.shape:
+            lines.append(f'{key}: shape {tuple(theirs.shape)} vs {tuple(mine.shape)}')
+        elif not torch.equal(mine, theirs.to(mine.dtype)):
+            diff = (mine.double() - theirs.double()).abs().max().item()
+            lines.append(f'{key}: max |diff| {diff:.3g}')
+    return lines
+
+
 def _offline_message(model_name, tag, error):
     return (f'Could not fetch the CLIP weights {model_name!r} / {tag!r} ({type(error).__name__}: {error}). '
             f'Offline? Download them on a machine with network, e.g. '
@@ -130,20 +234,23 @@ class CLIPTokenizer:
         model_name (str): open_clip model name. Default: ``ViT-L-14-quickgelu``.
         pretrained (str | None): local weight file, open_clip tag, or None (random init).
         vision_overrides (dict | None): changes to the model's open_clip vision config (tests use a tiny tower).
+        state (dict | None): the tower's weights (open_clip layout, e.g. converted from a checkpoint's embedded
+            CLIP by :func:`hf_clip_to_open_clip_visual`); taken instead of ``pretrained``.
     """
 
-    def __init__(self, model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision_overrides=None):
+    def __init__(self, model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision_overrides=None, state=None):
         import open_clip
 
         cfg = clip_vision_config(model_name, vision_overrides)
         self.model_name, self.pretrained = model_name, pretrained
+        self.vision_overrides = dict(vision_overrides or {})
         self._cfg = cfg
-        tower = self._build_seeded()
-        if pretrained is None:
+        tower = self._build_seeded() if state is None else self._from_state(state)
+        if state is None and pretrained is None:
             warnings.warn(f'CLIP {model_name} has random weights (network_g.clip_pretrained is not set; seeded, so '
                           f'equal in every process): its tokens carry no image semantics. Fine for tests and smoke '
                           f'runs only.', stacklevel=2)
-        else:
+        elif state is None:
             path = pretrained
             if not os.path.isfile(path):
                 try:
@@ -175,6 +282,21 @@ class CLIPTokenizer:
         from open_clip.model import CLIPVisionCfg, _build_vision_tower
         cfg = self._cfg
         return _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']), quick_gelu=cfg['quick_gelu'])
+
+    def _from_state(self, state):
+        """The tower holding ``state`` (its tensors, as float32): built on 'meta' (no random init of a 300M-parameter
+        tower only to overwrite it), then the tensors assigned."""
+        with torch.device('meta'):
+            tower = self._build()
+        try:
+            tower.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as error:
+            raise ValueError(f'the embedded CLIP weights do not fit the {self.model_name} visual tower '
+                             f'{self._cfg["vision_cfg"]} (network_g.clip_model_name / clip_vision_cfg): '
+                             f'{error}') from None
+        if any(t.is_meta for t in _tensors(tower)):
+            raise ValueError(f'the {self.model_name} visual tower has tensors no state dict fills')
+        return tower.float()
 
     def _build_seeded(self):
         """The tower on the CPU, initialised from :data:`RANDOM_INIT_SEED`: the same in every process (train, test,
@@ -279,6 +401,20 @@ def shared_clip_tokenizer(model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision
         if tokenizer is None:
             tokenizer = CLIPTokenizer(model_name, pretrained, vision_overrides)
             _SHARED_TOWERS[key] = tokenizer
+    return tokenizer
+
+
+def embedded_clip_tokenizer(model_name, state, vision_overrides=None):
+    """A :class:`CLIPTokenizer` of the weights ``state`` (open_clip layout). A live tokenizer of the same options
+    whose tower holds exactly these weights is reused (net_g and net_g_ema loading one checkpoint keep one tower)."""
+    overrides = dict(vision_overrides or {})
+    with _SHARED_LOCK:
+        for tokenizer in list(_EMBEDDED_TOWERS):
+            if (tokenizer.model_name, tokenizer.vision_overrides) == (model_name, overrides) and \
+                    not tower_differences(tokenizer.tower, state):
+                return tokenizer
+        tokenizer = CLIPTokenizer(model_name, None, overrides, state=state)
+        _EMBEDDED_TOWERS.add(tokenizer)
     return tokenizer
 
 

@@ -10,7 +10,9 @@ keys, same outputs (checked against ``shared/reference/symunet_tiny_reference.pt
 * the position embeddings added to the image patches are fixed, seeded N(0, 1) tensors (one per token count),
   not fresh random draws that the official code makes at the first forward of every new size, so evaluation is
   reproducible across runs and processes (the official embeddings are never saved either);
-* CLIP is not part of the module tree: it is frozen, never optimised and not written into checkpoints.
+* CLIP is not part of the module tree: it is frozen, never optimised and not written into checkpoints. Official
+  checkpoints, which hold the whole Hugging Face CLIPModel as ``clip_model.*``, still load
+  (:meth:`SESymUNet.load_official_state`): the vision tower is converted and used, the text tower dropped.
 """
 import math
 from collections import OrderedDict
@@ -19,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, resolve_clip_model_name,
-                          resolve_clip_weights, shared_clip_tokenizer)
+from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, embedded_clip_tokenizer,
+                          hf_clip_to_open_clip_visual, resolve_clip_model_name, resolve_clip_weights,
+                          shared_clip_tokenizer, tower_differences)
 from .promptdsa_arch import aligned_attention
 from .restormer_blocks import channels_last, crop_output, pad_to_multiple, transformer_stage
 
@@ -229,6 +233,9 @@ class SESymUNet(SymUNet):
     ``x = guide(x, z)``, blocks, ``z = refine(z, x)``). The last level's refinement output is never used; its
     parameters exist (official keys) but it is not computed, so DDP needs ``find_unused_parameters: true``.
 
+    Official checkpoints (whole Hugging Face CLIPModel under ``clip_model.*``) load through ``load_state_dict`` /
+    ``path.pretrain_network_g``: see :meth:`load_official_state`.
+
     Args (defaults are the official option file's values; the backbone options are :class:`SymUNet`'s):
         clip_model_name (str): open_clip model name, or the official Hugging Face id
             (``openai/clip-vit-large-patch14`` -> ``ViT-L-14-quickgelu``). Default: ``ViT-L-14-quickgelu``.
@@ -276,6 +283,7 @@ class SESymUNet(SymUNet):
         vision_overrides = dict(clip_vision_cfg or {})
         text_dim = clip_vision_config(model_name, vision_overrides)['vision_cfg']['width']
         self._clip = FrozenTokenizerSlot(lambda: shared_clip_tokenizer(model_name, weights, vision_overrides))
+        self._clip_options = (model_name, weights, vision_overrides)
 
         seeds = iter(range(pos_embed_seed * 100, pos_embed_seed * 100 + 2 * (levels + 1)))
         chan = width * 2**levels
@@ -302,6 +310,57 @@ class SESymUNet(SymUNet):
         """The frozen CLIP tokenizer (built on first use; not a submodule). It keeps one copy of the tower per device
         and runs the copy on the input's device, so DataParallel's replicas never move a tower another one uses."""
         return self._clip.get()
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """``nn.Module.load_state_dict``; a state dict that embeds the official CLIPModel (``clip_model.*`` keys, or
+        a :class:`~allinone_basicsr.models.checkpoint_util.NetworkState` that set them apart) goes through
+        :meth:`load_official_state`."""
+        from ..models.checkpoint_util import CLIP_PREFIX, split_embedded
+        state = split_embedded(state_dict)
+        if CLIP_PREFIX in state.embedded:
+            return self.load_official_state(state, strict, assign)
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def load_official_state(self, state_dict, strict=True, assign=False):
+        """Load an official SE-SymUNet state dict: the restorer's keys and the Hugging Face ``CLIPModel`` that the
+        official network holds as ``clip_model`` (vision and text towers).
+
+        The vision tower (``clip_model.vision_model.*``, ``clip_model.visual_projection.weight``) is converted to the
+        open_clip layout (:func:`~.clip_tokens.hf_clip_to_open_clip_visual`) and must fit this network's tower
+        (``clip_model_name``, ``clip_vision_cfg``). Without ``clip_pretrained`` it becomes the frozen tower; with
+        ``clip_pretrained`` the loaded tower must equal it exactly (a ValueError names the differing tensors
+        otherwise). The text tower is dropped. Then the restorer's keys load (``strict`` as given), and the log
+        says what was found and used. Checkpoints saved afterwards hold the restorer only.
+        """
+        from ..models.checkpoint_util import CLIP_PREFIX, split_embedded
+        state = split_embedded(state_dict)
+        if CLIP_PREFIX not in state.embedded:
+            return super().load_state_dict(state, strict, assign)
+        visual, counts = hf_clip_to_open_clip_visual(state.embedded[CLIP_PREFIX], CLIP_PREFIX.rstrip('.'))
+        model_name, weights, vision_overrides = self._clip_options
+        dropped = f'the text tower ({counts["text"]} keys: text_model.*, text_projection, logit_scale)'
+        if counts['buffers']:
+            dropped += f' and {counts["buffers"]} position_ids buffer(s)'
+        found = (f'{type(self).__name__}: the checkpoint embeds the official CLIPModel ({counts["keys"]} '
+                 f'{CLIP_PREFIX}* keys): vision tower and visual_projection, {counts["vision"]} keys -> '
+                 f'{counts["tensors"]} tensors of the open_clip {model_name} visual tower; dropped {dropped}')
+        if weights is None:
+            tokenizer = embedded_clip_tokenizer(model_name, visual, vision_overrides)
+            used = 'using it as the frozen CLIP tower (network_g.clip_pretrained is not set)'
+        else:
+            tokenizer = self.clip_tokenizer()
+            differences = tower_differences(tokenizer.tower, visual)
+            if differences:
+                raise ValueError(
+                    f'network_g.clip_pretrained ({weights}) differs from the CLIP embedded in the checkpoint: '
+                    f'{len(differences)} of {len(visual)} tensors ({"; ".join(differences[:3])}'
+                    f'{" ..." if len(differences) > 3 else ""}). The restorer was trained with the embedded tower: '
+                    'remove network_g.clip_pretrained to use it, or name the weights it was trained with.')
+            used = f'checked equal to network_g.clip_pretrained ({weights}), which is used'
+        result = super().load_state_dict(state, strict, assign)
+        self._clip = FrozenTokenizerSlot(lambda: tokenizer)
+        get_root_logger().info(f'{found}; {used}.')
+        return result
 
     def forward(self, inp):
         h, w = inp.shape[-2:]

@@ -77,6 +77,42 @@ def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
             f'point {key} at CONVERTED.pth.') from None
 
 
+# Frozen submodules that official checkpoints save beside the network's own weights, which our archs hold outside
+# their module tree: the official SE-SymUNet's whole Hugging Face CLIPModel (``clip_model.*``).
+CLIP_PREFIX = 'clip_model.'
+EMBEDDED_PREFIXES = (CLIP_PREFIX, )
+
+
+class NetworkState(dict):
+    """A network's state dict as a checkpoint holds it, minus the frozen submodules it embeds.
+
+    ``embedded`` maps a prefix of :data:`EMBEDDED_PREFIXES` to that submodule's entries (prefix removed), e.g.
+    ``{'clip_model.': {'vision_model.embeddings.class_embedding': ..., 'text_model...': ...}}``. A plain ``dict`` to
+    everything else (key checks, ``nn.Module.load_state_dict``); an arch that holds such a submodule takes it from
+    ``embedded`` in its own ``load_state_dict`` (``SESymUNet.load_official_state``), the others never see it.
+    """
+
+    def __init__(self, entries=(), embedded=None):
+        super().__init__(entries)
+        self.embedded = dict(embedded or {})
+
+
+def split_embedded(state):
+    """``state`` as a :class:`NetworkState`: the entries under :data:`EMBEDDED_PREFIXES` moved to ``embedded``
+    (a NetworkState passes through; a state without such entries gets an empty ``embedded``)."""
+    if isinstance(state, NetworkState):
+        return state
+    embedded = {}
+    for prefix in EMBEDDED_PREFIXES:
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            embedded[prefix] = part
+    own = NetworkState(((k, v) for k, v in state.items() if not k.startswith(EMBEDDED_PREFIXES)), embedded)
+    if hasattr(state, '_metadata'):  # the module versions a saved state dict keeps: load_state_dict reads them
+        own._metadata = state._metadata
+    return own
+
+
 def _strip_prefix(state, prefix):
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
@@ -92,6 +128,9 @@ def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
           (the ``net.`` entries, prefix removed; all entries if none has that prefix);
         - a bare state dict.
     DDP's ``module.`` prefix is removed. Anything else raises a ValueError listing the top-level keys found.
+    Returns a :class:`NetworkState`: frozen submodules the checkpoint embeds (official SE-SymUNet: ``params`` with
+    the Hugging Face CLIPModel under ``clip_model.``) are set apart in its ``embedded``, so the key checks see the
+    network's own entries and the arch's ``load_state_dict`` takes the rest.
     """
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
@@ -110,4 +149,19 @@ def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
         raise ValueError(f'{path}: unknown checkpoint layout; top-level keys: {sorted(map(str, ckpt))[:20]}. '
                          'Known layouts: BasicSR {"params"/"params_ema": state_dict}, Lightning '
                          '{"state_dict": {"net.<key>": ...}} (official PromptIR), or a bare state_dict.')
-    return _strip_prefix(state, 'module.')
+    return split_embedded(_strip_prefix(state, 'module.'))
+
+
+def check_state_dict_fits(net, state, strict, load_path):
+    """A clear error for a checkpoint of another arch or config: name the first mismatching keys and shapes."""
+    own = net.state_dict()
+    wrong = [f'{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}'
+             for k, v in state.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    if wrong or missing or unexpected:
+        parts = [f'{name} ({len(keys)}): {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                 for name, keys in (('shape mismatch', wrong), ('missing in the checkpoint', missing),
+                                    ('not in the network', unexpected)) if keys]
+        raise ValueError(f'path.pretrain_network_g: {load_path} does not fit {net.__class__.__name__} '
+                         f'(another arch or network_g config?). ' + '; '.join(parts))
