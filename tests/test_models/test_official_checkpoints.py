@@ -110,19 +110,21 @@ def test_official_se_symunet_clip_must_fit_the_tower(tmp_path):
 
 
 def test_tokens_equal_transformers_clip_vision_model():
-    """The converted tower's tokens are HF ``CLIPVisionModel``'s ``last_hidden_state`` (the official features)."""
+    """The converted tower's tokens are those of the vision model of a Hugging Face ``CLIPModel`` (what the official
+    network holds as ``clip_model``; its state dict is the official checkpoint's ``clip_model.*`` part, text tower
+    included): ``last_hidden_state``, the official features."""
     transformers = pytest.importorskip('transformers')
-    config = transformers.CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=28, patch_size=7,
-                                           hidden_act='quick_gelu', projection_dim=768)
-    hf = perturb(transformers.CLIPVisionModel(config), seed=4).eval()
-    state = dict(hf.state_dict(), **{'visual_projection.weight': torch.randn(768, 64)})
-    visual, counts = hf_clip_to_open_clip_visual(state)
-    assert counts['tensors'] == 32 and counts['text'] == 0
+    vision = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                  patch_size=7, hidden_act='quick_gelu')
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = transformers.CLIPConfig(vision_config=vision, text_config=text, projection_dim=768)
+    hf = perturb(transformers.CLIPModel(config), seed=4).eval()
+    visual, counts = hf_clip_to_open_clip_visual(hf.state_dict())
+    assert counts['tensors'] == 32 and counts['text'] > 0  # the text tower is counted and dropped
     tokenizer = CLIPTokenizer('ViT-L-14-quickgelu', None, TINY_CLIP, state=visual)
     img = torch.rand(2, 3, 40, 60, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        want = hf(pixel_values=tokenizer.preprocess(img)).last_hidden_state
+        want = hf.vision_model(pixel_values=tokenizer.preprocess(img)).last_hidden_state
     got = tokenizer(img)
     assert got.shape == want.shape == (2, 17, 64)
     assert (got - want).abs().max() < 1e-5
