@@ -182,3 +182,106 @@ def load_resume_state(opt):
     check_training_state(resume_state, resume_state_path)
     check_resume(opt, resume_state['iter'])
     return resume_state
+
+
+def resumable_loader(opt, train_loader):
+    """BasicSR's train loader rebuilt around a :class:`ResumableSampler` (same order, per-sample seeds) and the
+    dataset wrapped in a :class:`SeededDataset`. Returns the loader and its sampler."""
+    from basicsr.data import build_dataloader
+    dataset_opt = opt['datasets']['train']
+    dataset = SeededDataset(train_loader.dataset)
+    sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], dataset_opt.get('dataset_enlarge_ratio', 1),
+                               seed=opt['manual_seed'])
+    loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
+                              seed=opt['manual_seed'])
+    return loader, sampler
+
+
+def check_resume_data(saved, current, opt, logger):
+    """The batch and the data of a resumed run must be those it was saved with (``saved``: the state's ``run``
+    record; ``current``: this run's): otherwise the saved position in the epoch means other samples. An error
+    naming what changed, unless ``path.force_resume: true``."""
+    if not saved:
+        return
+    changed = [f'{key} {saved[key]} -> {value}' for key, value in current.items() if saved.get(key, value) != value]
+    if not changed:
+        return
+    message = (f'resuming {opt["name"]} with another batch or data than it was saved with ({", ".join(changed)}): '
+               'the saved position in the epoch would point at other samples')
+    if not opt['path'].get('force_resume'):
+        raise ValueError(f'{message}. Restore the settings, start a new run (path.pretrain_network_g), or resume '
+                         'anyway with --force_yml path:force_resume=true.')
+    logger.warning(f'{message}; resuming anyway (path.force_resume).')
+
+
+def training_state(model, epoch, current_iter):
+    """The training state of ``model`` (an AllInOneModel) at ``current_iter``: BasicSR's optimizers and schedulers,
+    every rank's RNG states, the GradScaler (``train.amp: fp16``), the non-finite streak, and what the position
+    means (the schedule, which a resume may change, and the data, which it may not). A collective when distributed
+    (the RNG states are gathered): every rank calls it; None on ranks other than 0."""
+    rng = gather_rng_states(model.opt)
+    if model.opt['rank'] != 0:
+        return None
+    train_opt = model.opt['train']
+    return {
+        'epoch': epoch,
+        'iter': current_iter,
+        'optimizers': [o.state_dict() for o in model.optimizers],
+        'schedulers': [s.state_dict() for s in model.schedulers],
+        'rng': rng,
+        'nonfinite_streak': model.guard.streak,
+        'scaler': model.precision.state_dict(),
+        'run': dict(getattr(model, 'run_info', {}), total_iter=train_opt['total_iter'],
+                    scheduler=dict(train_opt['scheduler'])),
+    }
+
+
+def schedule_changes(saved, train_opt):
+    """What differs between a state's saved schedule (its ``run`` record) and the option file's ``train`` (empty
+    for states without the record)."""
+    if 'scheduler' not in saved:
+        return []
+    changes = []
+    if saved.get('total_iter') != train_opt['total_iter']:
+        changes.append(f'train.total_iter {saved.get("total_iter")} -> {train_opt["total_iter"]}')
+    old, new = dict(saved['scheduler']), dict(train_opt['scheduler'])
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f'train.scheduler.{key} {old.get(key)} -> {new.get(key)}')
+    return changes
+
+
+def position_scheduler(scheduler, step, train_opt):
+    """Set a freshly built scheduler to ``step`` steps taken, with the learning rate its schedule (``train_opt``'s
+    ``optim_g`` and ``scheduler``) gives there."""
+    from .recipe import LearningRateCurve  # closed forms of the schedules
+    optim_opt = dict(train_opt['optim_g'], type=type(scheduler.optimizer).__name__)  # BasicSR popped 'type'
+    curve = LearningRateCurve({'optim_g': optim_opt, 'scheduler': train_opt['scheduler']})
+    lr = curve.scheduled(step)
+    if lr is None:
+        raise ValueError(f'train.scheduler.type {curve.scheduler_type}: the schedule changed since the state was '
+                         'saved and this scheduler has no closed form to continue from; keep its settings')
+    scheduler.last_epoch = step
+    for group in scheduler.optimizer.param_groups:
+        group['lr'] = lr / curve.base_lr * group['initial_lr']
+    scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
+
+
+def resume_with_changed_schedule(model, state):
+    """When the option file changed the schedule since ``state`` was saved (``train.total_iter`` raised, new
+    ``scheduler`` settings such as ``periods``): load the optimizers and set the schedulers to the saved step with the
+    learning rate the new schedule gives there (BasicSR would restore the old schedule and fail past its end), log
+    what changed and return True. False (nothing done) when the schedule is unchanged."""
+    from basicsr.utils import get_root_logger
+    changes = schedule_changes(state.get('run') or {}, model.opt['train'])
+    if not changes:
+        return False
+    for optimizer, optimizer_state in zip(model.optimizers, state['optimizers']):
+        optimizer.load_state_dict(optimizer_state)
+    step = state['schedulers'][0]['last_epoch']
+    for scheduler in model.schedulers:
+        position_scheduler(scheduler, step, model.opt['train'])
+    get_root_logger().info(f'Resuming with a changed schedule ({"; ".join(changes)}): the schedule continues from '
+                           f'step {step} as the option file now gives it (learning rate '
+                           f'{model.get_current_learning_rate()[0]:.4g}).')
+    return True

@@ -56,3 +56,60 @@ class Compiled:
                 self.logger.warning(f'{self.what}: torch.compile failed ({type(err).__name__}: '
                                     f'{str(err).splitlines()[0] if str(err) else ""}); running eagerly instead.')
         return self.module(*args, **kwargs)
+
+
+class TrainPrecision:
+    """The precision of a training step (``train.amp``, ``train.compile``): the forward under autocast (through
+    ``torch.compile`` when asked), the backward of the float32 loss (scaled for float16), then unscaling, clipping
+    (``train.grad_clip``) and the optimizer step (skipped by the scaler when float16 gradients overflowed).
+    ``state_dict`` is the scaler's (None without one): it travels in the training state."""
+
+    def __init__(self, train_opt, device, net, logger):
+        self.device, self.dtype = device, amp_dtype(train_opt.get('amp'), 'train.amp')
+        self.scaler = grad_scaler(device, self.dtype)
+        self.forward = Compiled(net, 'train.compile', logger) if train_opt.get('compile') else net
+        clip = train_opt.get('grad_clip')
+        self.grad_clip = {'max_norm': float(clip)} if clip is not None and not isinstance(clip, dict) else clip
+
+    def __call__(self, *args, **kwargs):
+        with autocast(self.device, self.dtype):
+            return self.forward(*args, **kwargs)
+
+    def backward(self, loss):
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer, parameters):
+        if self.scaler:
+            self.scaler.unscale_(optimizer)  # clip the true gradients
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, **self.grad_clip)
+        if self.scaler:  # float16: skips the step when the scaled gradients overflowed, then adapts the scale
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self):
+        return self.scaler.state_dict() if self.scaler else None
+
+    def load_state_dict(self, state):
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)
+
+
+class EvalPrecision:
+    """The inference forward of validation / test (``val.amp``; ``val.compile`` or ``train.compile``, read at each
+    call) of whichever network is passed (its compiled form is made once per network)."""
+
+    def __init__(self, opt, device, logger):
+        self.opt, self.device, self.logger, self.compiled = opt, device, logger, None
+
+    def __call__(self, net, *args, **kwargs):
+        val, train = self.opt.get('val') or {}, self.opt.get('train') or {}
+        forward = net
+        if val.get('compile') or train.get('compile'):
+            if self.compiled is None or self.compiled.module is not net:
+                self.compiled = Compiled(net, 'val.compile', self.logger)
+            forward = self.compiled
+        with torch.no_grad(), autocast(self.device, amp_dtype(val.get('amp'), 'val.amp')):
+            return forward(*args, **kwargs)

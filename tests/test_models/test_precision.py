@@ -48,7 +48,8 @@ def fp16_autocast_works():
 def test_bf16_training_lowers_the_loss_and_stays_close_to_fp32(tmp_path):
     fp32, fp32_losses = train(tmp_path / 'fp32')
     bf16, bf16_losses = train(tmp_path / 'bf16', amp='bf16')
-    assert bf16.amp == torch.bfloat16 and bf16.scaler is None  # bfloat16 has float32's range: no scaler
+    assert bf16.precision.dtype == torch.bfloat16
+    assert bf16.precision.scaler is None  # bfloat16 has float32's exponent range: no scaler
     assert bf16_losses[-1] < 0.8 * bf16_losses[0]
     # the two runs follow the same curve: every loss within 2% of fp32's
     for a, b in zip(fp32_losses, bf16_losses):
@@ -75,7 +76,8 @@ def test_training_forward_runs_in_the_low_precision(tmp_path):
 @pytest.mark.skipif(not fp16_autocast_works(), reason='this torch has no float16 autocast or GradScaler on CPU')
 def test_fp16_with_the_scaler_clips_unscaled_gradients_and_learns(tmp_path):
     model, losses = train(tmp_path, amp='fp16', grad_clip=0.05)
-    assert isinstance(model.scaler, torch.amp.GradScaler) and model.scaler.get_scale() == 65536.0
+    scaler = model.precision.scaler
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.get_scale() == 65536.0
     assert losses[-1] < 0.8 * losses[0]
     # the clipping saw the true gradients: after the step their norm is the clip norm, not 65536 times it
     norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.net_g.parameters()))
@@ -90,11 +92,11 @@ def test_fp16_resume_restores_the_scaler_and_continues_exactly(tmp_path):
             model.optimize_parameters(it)
 
     straight, _ = train(tmp_path / 'straight', steps=3, amp='fp16')
-    straight.scaler.update(new_scale=1024.0)  # a scale a fresh scaler would not have
+    straight.precision.scaler.update(new_scale=1024.0)  # a scale a fresh scaler would not have
     steps(straight, (4, 5, 6))
 
     first, _ = train(tmp_path / 'halves', steps=3, amp='fp16')
-    first.scaler.update(new_scale=1024.0)
+    first.precision.scaler.update(new_scale=1024.0)
     first.save_training_state(epoch=0, current_iter=3)
     state = torch.load(tmp_path / 'halves' / '3.state', weights_only=False)
     assert state['scaler']['scale'] == 1024.0
@@ -102,7 +104,7 @@ def test_fp16_resume_restores_the_scaler_and_continues_exactly(tmp_path):
     resumed = build_model(make_opt(tmp_path / 'halves', TINY, amp='fp16'))
     resumed.net_g.load_state_dict(first.net_g.state_dict())
     resumed.resume_training(state)
-    assert resumed.scaler.get_scale() == 1024.0
+    assert resumed.precision.scaler.get_scale() == 1024.0
     steps(resumed, (4, 5, 6))
     for (key, a), b in zip(straight.net_g.state_dict().items(), resumed.net_g.state_dict().values()):
         assert torch.equal(a, b), key
@@ -148,7 +150,7 @@ def test_compiled_training_keeps_checkpoint_keys_and_matches_eager(tmp_path, mon
     aot_eager(monkeypatch)
     eager, eager_losses = train(tmp_path / 'eager', steps=3)
     compiled, compiled_losses = train(tmp_path / 'compiled', steps=3, compile=True)
-    assert isinstance(compiled._train_forward, precision.Compiled) and not compiled._train_forward.failed
+    assert isinstance(compiled.precision.forward, precision.Compiled) and not compiled.precision.forward.failed
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for model, where in ((eager, 'eager'), (compiled, 'compiled')):
         model.save_network(model.net_g, 'net_g', 3)
@@ -161,7 +163,8 @@ def test_compiled_training_keeps_checkpoint_keys_and_matches_eager(tmp_path, mon
     assert es['optimizers'][0]['state'].keys() == cs['optimizers'][0]['state'].keys()
     # inference through the compiled graph too (val.compile follows train.compile), equal to the eager net's
     through_graph = outputs(compiled)
-    assert compiled._compiled_eval.module is compiled.net_g and not compiled._compiled_eval.failed
+    graph = compiled._eval_precision.compiled
+    assert graph.module is compiled.net_g and not graph.failed
     with torch.no_grad():
         assert torch.allclose(through_graph, compiled.net_g.eval()(batch()['lq']), atol=1e-6)
 

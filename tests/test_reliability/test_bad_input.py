@@ -63,7 +63,7 @@ def test_nonfinite_loss_skips_the_step_and_stops_after_the_limit(tmp_path, caplo
     assert not model.optimizer_g.state  # the optimizer never stepped
     model.feed_data({**data, 'lq': torch.rand(2, 3, 16, 16)})
     model.optimize_parameters(7)  # a finite step resets the streak
-    assert model._nonfinite_streak == 0
+    assert model.guard.streak == 0
     model.feed_data(data)
     model.optimize_parameters(8)
     model.optimize_parameters(9)

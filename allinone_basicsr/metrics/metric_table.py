@@ -1,0 +1,158 @@
+"""The per-set metric table of a validation or test round: how images are scored, one row per set plus the average,
+logged and written as ``metrics.csv`` / ``metrics.md``.
+
+``AllInOneModel`` scores every image with :func:`score`, averages a set's scores and hands the set's row to a
+:class:`MetricTable`, which knows when a round is complete. The formatting helpers are used by ``compare`` too.
+"""
+import csv
+import math
+import os
+from collections import OrderedDict
+from os import path as osp
+
+import torch
+
+from basicsr.metrics import calculate_metric
+from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import METRIC_REGISTRY
+
+ROUTING_METRICS = ('calculate_routing_accuracy',)  # scored on the task logits, not on the image
+INF_HINT = 'An infinite PSNR means images equal to their GT: usually the LQ images are the GT (check dataroot_lq).'
+
+
+def score(metric_opt, img, gt):
+    """One image's score under ``val.metrics.<name>`` (``metric_opt``), as a float, fed the way the metric expects.
+
+    - this plugin's metrics (``calculate_psnr_aio``, ...): the float RGB tensors (the all-in-one protocol);
+    - BasicSR's ``*_pt`` metrics: the float RGB tensors too (their tensor result becomes a float);
+    - BasicSR's numpy metrics (``calculate_psnr`` / ``calculate_ssim`` with ``crop_border``, ``test_y_channel``,
+      NIQE, ...): uint8 BGR images from ``tensor2img``, exactly as BasicSR's SRModel gives them.
+    """
+    func = METRIC_REGISTRY.get(metric_opt['type'])
+    if func.__module__.startswith('allinone_basicsr.') or metric_opt['type'].endswith('_pt'):
+        value = calculate_metric({'img': img, 'img2': gt}, metric_opt)
+    else:
+        value = calculate_metric({'img': tensor2img([img]), 'img2': tensor2img([gt])}, metric_opt)
+    return float(value.mean() if torch.is_tensor(value) else value)
+
+
+class SetScores:
+    """The per-image scores of one val/test set under ``val.metrics`` (``metrics``): every metric on the output, and
+    with ``score_input`` every image metric on the degraded input too. Routing metrics score the task logits (``arch``
+    names the network in their errors). ``scores`` maps an image index to its row (images with ground truth only);
+    the rows of several ranks merge by index (``models/distributed.gather_scores``)."""
+
+    def __init__(self, metrics, score_input, arch):
+        self.metrics, self.score_input, self.arch = metrics, score_input, arch
+        self.names = list(metrics)
+        self.image_names = [n for n in self.names if metrics[n].get('type') not in ROUTING_METRICS]
+        self.width = len(self.names) + (len(self.image_names) if score_input else 0)
+        self.scores = {}
+
+    def add(self, index, output, lq, gt, task_logits, degradation):
+        row = [self._routing(n, task_logits, degradation) if n not in self.image_names else
+               score(self.metrics[n], output, gt) for n in self.names]
+        if self.score_input:
+            row += [score(self.metrics[n], lq, gt) for n in self.image_names]
+        self.scores[index] = row
+
+    def averages(self):
+        """``(metric -> mean over the images, input metric -> mean)`` in image order, or None without any image."""
+        rows = [self.scores[i] for i in sorted(self.scores)]
+        if not rows:
+            return None
+        mean = [sum(r[j] for r in rows) / len(rows) for j in range(self.width)]
+        return (dict(zip(self.names, mean)), dict(zip(self.image_names, mean[len(self.names):])), len(rows))
+
+    def _routing(self, name, task_logits, degradation):
+        metric_opt = self.metrics[name]
+        if task_logits is None:
+            raise ValueError(f'val.metrics.{name}: {metric_opt["type"]} needs an arch with task logits; '
+                             f'{self.arch} has none')
+        if degradation is None:
+            raise ValueError(f'val.metrics.{name}: the val/test dataset returns no "degradation" label')
+        return calculate_metric({'task_logits': task_logits, 'degradation': degradation}, metric_opt)
+
+
+def set_row(name, degradation, count, results, inputs):
+    """A set's row: its averages ``results`` (metric -> value), each preceded by the degraded input's score when
+    ``inputs`` has it, and for PSNR-like metrics followed by the gain over the input."""
+    row = OrderedDict(test_set=name, degradation=degradation, images=count)
+    for metric, value in results.items():
+        if metric in inputs:
+            row[f'input_{metric}'] = inputs[metric]
+        row[metric] = value
+        if metric in inputs and 'psnr' in metric.lower():
+            row[f'gain_{metric}'] = value - inputs[metric]
+    return row
+
+
+class MetricTable:
+    """The rows of one validation / test round, one per set of ``expected``: each new row rewrites the files in
+    ``folder``; the complete table is logged once every set is in. A row for a new iteration, or one arriving after
+    a complete round (the final validation after the last periodic one has the same iteration), starts a round."""
+
+    def __init__(self, name, folder, expected):
+        self.name, self.folder, self.expected = name, folder, list(expected)
+        self.iteration, self.rows = None, OrderedDict()
+
+    def add(self, iteration, row):
+        if self.iteration != iteration or len(self.rows) >= len(self.expected):
+            self.iteration, self.rows = iteration, OrderedDict()
+        self.rows[row['test_set']] = row
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                get_root_logger().warning(f'Test set {row["test_set"]}: {key} is {value}; left out of the average. '
+                                          + INF_HINT)
+        rows = list(self.rows.values())
+        write_metric_table(rows, self.folder, self.name)
+        if len(rows) >= len(self.expected):
+            get_root_logger().info(f'Results of {self.name} at {iteration}:\n' + format_metric_table(rows))
+
+
+def average_row(rows):
+    """The mean of every numeric column over the sets, finite values only (an inf / NaN set is left out)."""
+    numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
+    avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in rows))
+    for key in numeric:
+        values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+        avg[key] = sum(values) / len(values) if values else float('nan')
+    return avg
+
+
+def format_metric_table(rows):
+    """Markdown table of per-set rows plus their average (PSNR-like values with 2 decimals, SSIM with 4); a value
+    that is not finite is flagged and a note says it is left out of the average."""
+    rows = list(rows) + [average_row(rows)]
+    columns = list(rows[0].keys())
+    flagged = []
+
+    def fmt(row, key, value):
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                if row['test_set'] != 'Average':
+                    flagged.append(f'{row["test_set"]} {key}')
+                return f'{value} (!)'
+            return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.3f}' if 'acc' in key.lower() else \
+                f'{value:.2f}'
+        return str(value)
+
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(fmt(r, c, r.get(c, '')) for c in columns) + ' |' for r in rows]
+    if flagged:
+        lines += ['', f'(!) not finite, left out of the Average: {", ".join(flagged)}. ' + INF_HINT]
+    return '\n'.join(lines)
+
+
+@master_only
+def write_metric_table(rows, folder, name):
+    """Write ``metrics.csv`` (full precision, with the average row) and ``metrics.md`` into ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    all_rows = list(rows) + [average_row(rows)]
+    with open(osp.join(folder, 'metrics.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(all_rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(all_rows)
+    with open(osp.join(folder, 'metrics.md'), 'w') as f:
+        f.write(f'# {name}\n\n{format_metric_table(rows)}\n')
