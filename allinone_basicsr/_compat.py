@@ -4,9 +4,10 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
 
 1. ``import basicsr`` fails: ``torchvision.transforms.functional_tensor`` was removed from torchvision. We
    register a module of that name exposing ``rgb_to_grayscale`` from ``torchvision.transforms.functional``.
-2. Resume fails: ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()`` (an
-   error without CUDA; on a GPU the RNG states then cannot be restored). ``resume.load_resume_state`` replaces it:
-   it loads onto the CPU (and skips unreadable states).
+2. Resume fails in stock ``basicsr.train.train_pipeline`` (a user's script with the plugin imported; our loop calls
+   ``resume.load_resume_state`` directly): ``basicsr.train.load_resume_state`` maps the state onto
+   ``torch.cuda.current_device()`` (an error without CUDA; on a GPU the RNG states then cannot be restored). It is
+   replaced by ``resume.load_resume_state``, which loads onto the CPU (and skips unreadable states).
 3. Distributed runs: ``init_dist('pytorch' | 'slurm')`` calls ``torch.cuda.set_device`` (division by zero without
    GPUs) and uses NCCL for every tensor, so a CPU model (``num_gpu: 0``) on a CUDA machine hands CPU tensors to
    NCCL. Ours: without CUDA gloo and no ``set_device``; with CUDA the mixed backend ``cpu:gloo,cuda:nccl`` (each

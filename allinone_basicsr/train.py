@@ -4,11 +4,20 @@
     allinone-train -opt ...                     (console script)
     python allinone_basicsr/train.py -opt ...   (as Real-ESRGAN's entry file)
 
-The loop is BasicSR's ``train_pipeline`` (same options, logs, checkpoints, validation) with what exact resumption
-needs: a sampler that gives every sample its own seed and can start an epoch mid-way, so a run resumed from the
-training state of iteration k continues with the same batches, crops and noise as the uninterrupted run (and,
-on CPU, reaches the same weights bit for bit); RNG states travel in the training state (``AllInOneModel``).
-Distributed runs check at the end that every rank holds the same weights.
+The loop is a fork of BasicSR 1.4.2's ``train_pipeline`` (same options, logs, checkpoints, validation, in the
+same order). It is forked, not wrapped, because exact resumption needs the sampler and the mid-epoch position,
+which ``train_pipeline`` builds and keeps inside itself. The deviations, each commented where it happens:
+
+- options are type-checked first (``option_check``), and one run per experiment name holds a lock (``experiment``);
+- the train loader is rebuilt around ``resume.ResumableSampler`` / ``SeededDataset`` (every sample its own seed),
+  so a run resumed from the state of iteration k continues with the batches, crops and noise of the
+  uninterrupted run (on CPU: the same weights bit for bit); BasicSR restarts the epoch instead;
+- resume loads onto the CPU, falls back past unreadable states and refuses a changed batch or data
+  (``resume.load_resume_state`` / ``check_resume_data``);
+- the prefetchers start at ``reset()``, after the sampler knows its epoch and position (``data/prefetch.py``);
+- distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly.
+
+Stock ``basicsr.train.train_pipeline`` with the plugin imported works too (minus exact mid-epoch resume).
 """
 import datetime
 import logging
@@ -22,25 +31,12 @@ from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.experiment import ExperimentLock, remove_temporaries
 from allinone_basicsr.option_check import check_options
-from allinone_basicsr.resume import ResumableSampler, SeededDataset, load_resume_state
-from basicsr.data import build_dataloader
+from allinone_basicsr.resume import check_resume_data, load_resume_state, resumable_loader
 from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str, parse_options
-
-
-def _resumable_loader(opt, train_loader):
-    """Rebuild BasicSR's train loader around a ResumableSampler (same order, per-sample seeds) and the dataset
-    wrapped in a SeededDataset (any dataset, BasicSR's own included)."""
-    dataset_opt = opt['datasets']['train']
-    dataset = SeededDataset(train_loader.dataset)
-    sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], dataset_opt.get('dataset_enlarge_ratio', 1),
-                               seed=opt['manual_seed'])
-    loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
-                              seed=opt['manual_seed'])
-    return loader, sampler
 
 
 def _prefetcher(opt, loader):
@@ -89,22 +85,6 @@ def train_pipeline(root_path):
         lock.release()
 
 
-def _check_resume_data(saved, current, opt, logger):
-    """The batch and the data of a resumed run must be those it was saved with: otherwise the saved position in the
-    epoch means other samples. An error naming what changed, unless ``path.force_resume: true``."""
-    if not saved:
-        return
-    changed = [f'{key} {saved[key]} -> {value}' for key, value in current.items() if saved.get(key, value) != value]
-    if not changed:
-        return
-    message = (f'resuming {opt["name"]} with another batch or data than it was saved with ({", ".join(changed)}): '
-               'the saved position in the epoch would point at other samples')
-    if not opt['path'].get('force_resume'):
-        raise ValueError(f'{message}. Restore the settings, start a new run (path.pretrain_network_g), or resume '
-                         'anyway with --force_yml path:force_resume=true.')
-    logger.warning(f'{message}; resuming anyway (path.force_resume).')
-
-
 def _train(opt, args, root_path, notes=()):
     torch.backends.cudnn.benchmark = True
     resume_state = load_resume_state(opt)
@@ -125,7 +105,7 @@ def _train(opt, args, root_path, notes=()):
             logger.info(f'Removed {path}: the temporary file of a write a killed run never finished.')
 
     train_loader, _, val_loaders, _, total_iters = create_train_val_dataloader(opt, logger)
-    train_loader, sampler = _resumable_loader(opt, train_loader)
+    train_loader, sampler = resumable_loader(opt, train_loader)  # deviation: per-sample seeds, mid-epoch start
     # the loader's real batch: batch_size_per_gpu, times num_gpu under DataParallel (num_gpu > 1, no launcher)
     batch_size = train_loader.batch_size
     iters_per_epoch = sampler.num_samples // batch_size  # drop_last
@@ -138,7 +118,7 @@ def _train(opt, args, root_path, notes=()):
                       'dataset_enlarge_ratio': opt['datasets']['train'].get('dataset_enlarge_ratio', 1)}
     epoch, current_iter = 0, 0
     if resume_state:
-        _check_resume_data(resume_state.get('run'), model.run_info, opt, logger)
+        check_resume_data(resume_state.get('run'), model.run_info, opt, logger)  # same batch and data, or refuse
         model.resume_training(resume_state)  # optimizers, schedulers, RNG states
         epoch, current_iter = resume_state['epoch'], resume_state['iter']
         sampler.skip = min(sampler.num_samples, max(0, current_iter - epoch * iters_per_epoch) * batch_size)
