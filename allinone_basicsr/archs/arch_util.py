@@ -128,13 +128,16 @@ def check_arch_options(cls):
     value, its type, the expected type and the default (see :func:`check_arch_kwargs`). An ``__init__`` with
     ``**kwargs`` passes them to its base class: its valid options are its own plus the base class's.
 
+    Options a class lists in its own ``ignored_options`` (a tuple of names) are valid, accept any value and are
+    dropped before its ``__init__`` runs (e.g. SymUNet accepts SE-SymUNet's keys, as the official code does).
+
     Sets ``cls.arch_options`` (the valid option names) and ``cls.arch_option_spec`` ({name: (default checked
     against, accepts None, the default as messages show it)}).
     """
     init = cls.__init__
     params = inspect.signature(init).parameters
-    own = {name: p for name, p in params.items()
-           if name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    own = {name: p for name, p in params.items()  # keyword-only parameters are for subclasses, not options
+           if name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY)}
     valid = list(own)
     base_spec = {}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -152,16 +155,23 @@ def check_arch_options(cls):
         default = None if p.default is p.empty else p.default
         inherited = parents.get(name, (None, True, 'None'))[0]
         if default is None and inherited is not None:
-            spec[name] = (inherited, True, f"None; {parent.__name__}'s: {_format_default(inherited)}")
+            shown = getattr(parent, 'arch_display_name', parent.__name__)
+            spec[name] = (inherited, True, f"None; {shown}'s: {_format_default(inherited)}")
         else:
             spec[name] = (default, default is None or name in documented, _format_default(default))
+    ignored = tuple(cls.__dict__.get('ignored_options', ()))
+    valid += [name for name in ignored if name not in valid]
     for name in valid:
         if name not in spec:
             spec[name] = base_spec.get(name, (None, True, 'None'))
 
+    internal = {name for name, p in params.items() if p.kind == p.KEYWORD_ONLY}
+
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
-        init(self, *args, **check_arch_kwargs(cls, kwargs))
+        checked = check_arch_kwargs(cls, {k: v for k, v in kwargs.items() if k not in internal})
+        init(self, *args, **{k: v for k, v in checked.items() if k not in ignored},
+             **{k: v for k, v in kwargs.items() if k in internal})
 
     cls.__init__ = __init__
     cls.arch_options = tuple(valid)

@@ -25,7 +25,7 @@ from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import check_arch_options
-from .promptir_arch import PromptIR
+from .promptir_arch import _PromptIRLayout
 from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
 
 SDPA_HEAD_ALIGNMENT = 8  # CUDA's memory-efficient kernel: head sizes multiple of 8 (fp16/bf16), 4 (fp32, sm80+)
@@ -190,7 +190,7 @@ class PromptNet(nn.Module):
 
 @ARCH_REGISTRY.register()
 @check_arch_options
-class PromptDSANet(PromptIR):
+class PromptDSANet(_PromptIRLayout):
     """PromptDSANet (defaults: ``shared/specs/promptdsanet.md``; dim 48 gives the PromptIR-sized restorer).
 
     Args (PromptIR's options — dim, num_blocks, heads, ... — plus):
@@ -205,7 +205,7 @@ class PromptDSANet(PromptIR):
             deviation, for big images on small machines. Default: None.
         pim_conv (bool): The 3×3 conv that ends each PIM (new relative to PromptIR). Default: True.
     """
-    official_unused_layers = False
+    block_class = DsaBlock
 
     def __init__(self,
                  prompt_dims=None,
@@ -219,16 +219,13 @@ class PromptDSANet(PromptIR):
         dim, bias = promptir_opt.get('dim', 48), promptir_opt.get('bias', False)
         if prompt_dims is None:
             prompt_dims = [max(4, round(p * dim / 48 / 4) * 4) for p in (64, 128, 320)]
-        self._dsa_opt = dict(spatial=spatial_attention, spatial_window=spatial_window)
-        super().__init__(prompt_dims=prompt_dims, **promptir_opt)
+        super().__init__(prompt_dims=prompt_dims, **promptir_opt,
+                         block_options=dict(spatial=spatial_attention, spatial_window=spatial_window))
         self.prompt_dims = list(prompt_dims)
         self.has_task_logits = prompt_net is not None
         widths = (dim * 2, dim * 4, dim * 4)  # output widths of prompt steps 1, 2, 3
         self.pim_convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1, bias=bias) for c in widths) if pim_conv else None
         self.prompt_net = PromptNet(prompt_dims, num_classes, prompt_net, prompt_net_pretrained) if prompt_net else None
-
-    def _block(self, channels, num_heads):
-        return DsaBlock(channels, num_heads, **self._block_opt, **self._dsa_opt)
 
     def _prompt(self, x, level, channel_gate=None):
         x = super()._prompt(x, level, channel_gate)

@@ -41,36 +41,21 @@ class PromptGenBlock(nn.Module):
         return self.conv3x3(prompt)
 
 
-@ARCH_REGISTRY.register()
 @check_arch_options
-class PromptIR(nn.Module):
-    """PromptIR (official layout; ``dim`` 48 and the default prompt sizes give the paper model, 35.59M params).
+class _PromptIRLayout(nn.Module):
+    """The PromptIR U-Net that PromptIR and PromptDSANet share: levels, prompt steps, refinement; the options and
+    their defaults are PromptIR's (documented there). Contract for subclasses:
 
-    Encoder: 3×3 embedding, three Restormer levels with Downsample (dim, 2·dim, 4·dim), latent at 8·dim. Decoder:
-    at the latent and after decoder levels 3 and 2, a PromptGenBlock conditioned on the features generates a
-    prompt that is concatenated, mixed by a transformer block and reduced by a 1×1 conv; Upsample + concatenated
-    skip (+ 1×1 reduction at levels 3, 2); refinement blocks at 2·dim; 3×3 output conv; global residual.
-
-    The official model needs H, W to be multiples of 8. This one reflect-pads the input to a multiple of 8 and
-    crops the output back, so any size works (identical outputs for multiples of 8).
-
-    Args:
-        inp_channels (int): Input channels. Default: 3.
-        out_channels (int): Output channels. Default: 3.
-        dim (int): Channels of level 1. Default: 48.
-        num_blocks (list[int]): Blocks of encoder/decoder levels 1-3 and of the latent. Default: [4, 6, 6, 8].
-        num_refinement_blocks (int): Refinement blocks. Default: 4.
-        heads (list[int]): Attention heads of levels 1-3 and the latent. Default: [1, 2, 4, 8].
-        ffn_expansion_factor (float): GDFN expansion. Default: 2.66.
-        bias (bool): Bias in the convolutions. Default: False.
-        LayerNorm_type (str): 'WithBias' or 'BiasFree'. Default: 'WithBias'.
-        decoder (bool): Prompt blocks in the decoder. Must be True: with False the official forward fails (the
-            8·dim latent meets an Upsample built for 4·dim), so this raises a ValueError. Default: True.
-        prompt_dims (list[int]): Prompt channels at decoder levels 1, 2 and the latent. Default: [64, 128, 320]
-            (official, hard-coded there).
-        prompt_sizes (list[int]): Spatial size of the learned prompts, same order. Default: [64, 32, 16].
-        prompt_len (int): Prompt components per block. Default: 5.
+    - ``block_class``: the transformer block of every stage and prompt step, built as
+      ``block_class(channels, heads, ffn_expansion_factor=..., bias=..., LayerNorm_type=..., **block_options)``;
+    - ``block_options`` (keyword-only, not an option): extra keywords of ``block_class`` (PromptDSANet's spatial
+      branch);
+    - ``_add_layers_after_prompts(prompt_dims, widths)``: called between the prompt generators and the encoder, where
+      the official PromptIR creates six layers its forward never uses (creation order = the random initialisation);
+    - ``_prompt(x, level, channel_gate)``: the prompt step, which subclasses may extend.
     """
+    block_class = TransformerBlock
+    arch_display_name = 'PromptIR'  # in option messages: "PromptIR's default"
 
     def __init__(self,
                  inp_channels=3,
@@ -82,18 +67,17 @@ class PromptIR(nn.Module):
                  ffn_expansion_factor=2.66,
                  bias=False,
                  LayerNorm_type='WithBias',
-                 decoder=True,
                  prompt_dims=(64, 128, 320),
                  prompt_sizes=(64, 32, 16),
-                 prompt_len=5):
+                 prompt_len=5,
+                 *,
+                 block_options=None):
         super().__init__()
-        if not decoder:
-            raise ValueError('PromptIR(decoder=False) is not supported: the official forward fails without the prompt '
-                             'blocks (the 8*dim latent meets an Upsample built for 4*dim). Use decoder: true.')
         if len(num_blocks) != 4 or len(heads) != 4 or len(prompt_dims) != 3 or len(prompt_sizes) != 3:
-            raise ValueError('PromptIR: num_blocks and heads need 4 entries, prompt_dims and prompt_sizes 3')
-        self.decoder = decoder
-        self._block_opt = dict(ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type)
+            raise ValueError(f'{type(self).__name__}: num_blocks and heads need 4 entries, prompt_dims and '
+                             'prompt_sizes 3')
+        self._block_opt = dict(ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type,
+                               **(block_options or {}))
         p1, p2, p3 = prompt_dims
         c1, c2, c3, c4 = dim, dim * 2, dim * 4, dim * 8
         stage, block = self._stage, self._block
@@ -105,14 +89,7 @@ class PromptIR(nn.Module):
         self.prompt1 = PromptGenBlock(p1, prompt_len, prompt_sizes[0], lin_dim=c2)
         self.prompt2 = PromptGenBlock(p2, prompt_len, prompt_sizes[1], lin_dim=c3)
         self.prompt3 = PromptGenBlock(p3, prompt_len, prompt_sizes[2], lin_dim=c4)
-        if self.official_unused_layers:
-            # In the official state dict but never used by its forward (kept so official checkpoints load strictly).
-            self.chnl_reduce1 = conv1x1(p1, p1)
-            self.chnl_reduce2 = conv1x1(p2, p2)
-            self.chnl_reduce3 = conv1x1(p3, p3 * 4 // 5)
-            self.reduce_noise_channel_1 = conv1x1(c1 + p1, c1)
-            self.reduce_noise_channel_2 = conv1x1(c2 + p2, c2)
-            self.reduce_noise_channel_3 = conv1x1(c3 + p3 * 4 // 5, c3)
+        self._add_layers_after_prompts((p1, p2, p3), (c1, c2, c3, c4), bias)
 
         self.encoder_level1 = stage(num_blocks[0], c1, heads[0])
         self.down1_2 = Downsample(c1)
@@ -142,11 +119,11 @@ class PromptIR(nn.Module):
         self.refinement = stage(num_refinement_blocks, c2, heads[0])
         self.output = nn.Conv2d(c2, out_channels, kernel_size=3, padding=1, bias=bias)
 
-    # Hooks for archs built on this layout (PromptDSANet): the block type, the unused official layers, the prompt step.
-    official_unused_layers = True
+    def _add_layers_after_prompts(self, prompt_dims, widths, bias):
+        """Nothing here; :class:`PromptIR` adds the official unused layers."""
 
     def _block(self, channels, num_heads):
-        return TransformerBlock(channels, num_heads, **self._block_opt)
+        return self.block_class(channels, num_heads, **self._block_opt)
 
     def _stage(self, num, channels, num_heads):
         return nn.Sequential(*[self._block(channels, num_heads) for _ in range(num)])
@@ -175,6 +152,54 @@ class PromptIR(nn.Module):
         x = self._prompt(x, 1, channel_gates[0])
         x = self.decoder_level1(torch.cat([self.up2_1(x), enc1], 1))
         return self.output(self.refinement(x)) + inp
+
+
+@ARCH_REGISTRY.register()
+@check_arch_options
+class PromptIR(_PromptIRLayout):
+    """PromptIR (official layout; ``dim`` 48 and the default prompt sizes give the paper model, 35.59M params).
+
+    Encoder: 3×3 embedding, three Restormer levels with Downsample (dim, 2·dim, 4·dim), latent at 8·dim. Decoder:
+    at the latent and after decoder levels 3 and 2, a PromptGenBlock conditioned on the features generates a
+    prompt that is concatenated, mixed by a transformer block and reduced by a 1×1 conv; Upsample + concatenated
+    skip (+ 1×1 reduction at levels 3, 2); refinement blocks at 2·dim; 3×3 output conv; global residual.
+
+    The official model needs H, W to be multiples of 8. This one reflect-pads the input to a multiple of 8 and
+    crops the output back, so any size works (identical outputs for multiples of 8).
+
+    Args:
+        inp_channels (int): Input channels. Default: 3.
+        out_channels (int): Output channels. Default: 3.
+        dim (int): Channels of level 1. Default: 48.
+        num_blocks (list[int]): Blocks of encoder/decoder levels 1-3 and of the latent. Default: [4, 6, 6, 8].
+        num_refinement_blocks (int): Refinement blocks. Default: 4.
+        heads (list[int]): Attention heads of levels 1-3 and the latent. Default: [1, 2, 4, 8].
+        ffn_expansion_factor (float): GDFN expansion. Default: 2.66.
+        bias (bool): Bias in the convolutions. Default: False.
+        LayerNorm_type (str): 'WithBias' or 'BiasFree'. Default: 'WithBias'.
+        decoder (bool): Prompt blocks in the decoder. Must be True: with False the official forward fails (the
+            8·dim latent meets an Upsample built for 4·dim), so this raises a ValueError. Default: True.
+        prompt_dims (list[int]): Prompt channels at decoder levels 1, 2 and the latent. Default: [64, 128, 320]
+            (official, hard-coded there).
+        prompt_sizes (list[int]): Spatial size of the learned prompts, same order. Default: [64, 32, 16].
+        prompt_len (int): Prompt components per block. Default: 5.
+    """
+
+    def __init__(self, decoder=True, **layout_opt):
+        if not decoder:
+            raise ValueError('PromptIR(decoder=False) is not supported: the official forward fails without the prompt '
+                             'blocks (the 8*dim latent meets an Upsample built for 4*dim). Use decoder: true.')
+        super().__init__(**layout_opt)
+        self.decoder = decoder
+
+    def _add_layers_after_prompts(self, prompt_dims, widths, bias):
+        """Six 1×1 convs in the official state dict that its forward never uses: kept so official checkpoints load
+        strictly (created where the official code creates them, so seeded initialisations match)."""
+        (p1, p2, p3), (c1, c2, c3, _) = prompt_dims, widths
+        for name, cin, cout in (('chnl_reduce1', p1, p1), ('chnl_reduce2', p2, p2), ('chnl_reduce3', p3, p3 * 4 // 5),
+                                ('reduce_noise_channel_1', c1 + p1, c1), ('reduce_noise_channel_2', c2 + p2, c2),
+                                ('reduce_noise_channel_3', c3 + p3 * 4 // 5, c3)):
+            setattr(self, name, nn.Conv2d(cin, cout, kernel_size=1, bias=bias))
 
     def forward(self, inp_img):
         h, w = inp_img.shape[-2:]

@@ -55,10 +55,11 @@ class SymUNet(nn.Module):
         ffn_expansion_factor (float): GDFN expansion. Default: 2.66.
         bias (bool): Bias in the Restormer blocks' convolutions. Default: False.
         LayerNorm_type (str): 'WithBias' or 'BiasFree'. Default: 'WithBias'.
-        clip_model_name, cross_attn_inner_dims, cross_attn_heads, middle_cross_attn_inner_dim,
-        middle_cross_attn_heads, patch_sizes, middle_patch_size, semantic_start_iter: accepted and ignored, as
-            the official SymUNet does, so a ``network_g`` block written for SESymUNet also builds SymUNet.
+        SE-SymUNet's options (``ignored_options``): accepted and ignored, as the official SymUNet does, so a
+            ``network_g`` block written for SESymUNet also builds SymUNet.
     """
+    ignored_options = ('clip_model_name', 'cross_attn_inner_dims', 'cross_attn_heads', 'middle_cross_attn_inner_dim',
+                       'middle_cross_attn_heads', 'patch_sizes', 'middle_patch_size', 'semantic_start_iter')
 
     def __init__(self,
                  img_channel=3,
@@ -70,15 +71,7 @@ class SymUNet(nn.Module):
                  restormer_middle_heads=8,
                  ffn_expansion_factor=2.66,
                  bias=False,
-                 LayerNorm_type='WithBias',
-                 clip_model_name=None,
-                 cross_attn_inner_dims=None,
-                 cross_attn_heads=None,
-                 middle_cross_attn_inner_dim=None,
-                 middle_cross_attn_heads=None,
-                 patch_sizes=None,
-                 middle_patch_size=None,
-                 semantic_start_iter=None):
+                 LayerNorm_type='WithBias'):
         super().__init__()
         levels = len(enc_blk_nums)
         if len(dec_blk_nums) != levels or len(restormer_heads) != levels:
