@@ -177,3 +177,26 @@ def check_arch_options(cls):
     cls.arch_options = tuple(valid)
     cls.arch_option_spec = spec
     return cls
+
+
+class TaskLogitsArch:
+    """Contract of archs that vote for the degradation class (DaAIR, PromptDSANet). AllInOneModel calls
+    ``forward(x, return_task_logits=True[, task_labels=labels])`` and gets ``(output, [logits (B, classes), ...])``
+    for ``train.cls_opt``, the routing metrics and ``route_acc``; with ``task_labels`` (teacher forcing,
+    ``train.teacher_forcing_iter``) the arch routes by the labels instead of its vote, or ignores them.
+    ``has_task_logits`` may be set False per instance for a configuration without logits (DaAIR without specialised
+    experts, PromptDSANet without a prompt net)."""
+    has_task_logits = True
+
+
+class AfterStepArch:
+    """Contract of archs with state that follows the weights (DaAIR's EMA controllers): AllInOneModel calls
+    ``after_optimizer_step()`` on the bare network after every optimizer step taken (not after a skipped one)."""
+
+    def after_optimizer_step(self):
+        raise NotImplementedError
+
+
+def has_task_logits(net):
+    """Whether ``net`` (a bare network) gives task logits: a :class:`TaskLogitsArch` configured with them."""
+    return isinstance(net, TaskLogitsArch) and bool(net.has_task_logits)

@@ -16,6 +16,9 @@ and exposed as options).
   (:meth:`DaAIR.after_optimizer_step`). Its weights are buffers: in the state dict, never in the optimizer.
 - ``forward(x, return_task_logits=True)`` also returns every router's logits (for ``TaskClassificationLoss``);
   ``task_labels`` routes by the given classes instead of the routers' votes (optional teacher forcing).
+- Ablation switches (paper Table 4): ``agnostic_expert``, ``specialised_experts`` and ``controller`` remove a part
+  entirely (no parameters, buffers or compute of it); all three off is the scaled-down Restormer baseline. The
+  routing loss is switched in the options (omit ``train.cls_opt``). Defaults: the full model, state dict unchanged.
 """
 from operator import attrgetter
 
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from .arch_util import check_arch_options
+from .arch_util import AfterStepArch, TaskLogitsArch, check_arch_options
 from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, attend_and_project,
                                channel_attention, channels_last, crop_output, pad_to_multiple, transformer_stage)
 
@@ -70,23 +73,34 @@ class DaLe(nn.Module):
     Returns ``(features, router_logits)``, the features channels-last. Each sample goes to one expert
     (``task_labels`` if given, else the router's argmax); with ``gate_by_prob`` the expert output is scaled by the
     router's probability of that expert, so the restoration loss trains the router too.
+
+    Ablations (paper Table 4): ``agnostic=False`` leaves out the agnostic expert (``up(routed expert)``);
+    ``experts=False`` leaves out the specialised experts and the router (``up(agnostic)``; the logits are None).
+    At least one of the two must stay (without both there is no DaLe: the block leaves it out).
     """
 
-    def __init__(self, dim, rank, num_experts, kernel_size=11, bias=False, gate_by_prob=True):
+    def __init__(self, dim, rank, num_experts, kernel_size=11, bias=False, gate_by_prob=True, agnostic=True,
+                 experts=True):
         super().__init__()
+        if not (agnostic or experts):
+            raise ValueError('DaLe needs the agnostic expert or the specialised experts (or both)')
         self.num_experts = num_experts
         self.gate_by_prob = gate_by_prob
         self.rank = rank
         self.kernel_size = kernel_size
-        self.agnostic = LowRankExpert(dim, rank, kernel_size, bias)
-        self.experts = nn.ModuleList(LowRankExpert(dim, rank, kernel_size, bias) for _ in range(num_experts))
-        self.router = nn.Linear(dim, num_experts, bias=False)
+        # built in this order (agnostic, experts, router, up) so the full model's initialisation is unchanged
+        self.agnostic = LowRankExpert(dim, rank, kernel_size, bias) if agnostic else None
+        self.experts = nn.ModuleList(LowRankExpert(dim, rank, kernel_size, bias)
+                                     for _ in range(num_experts)) if experts else None
+        self.router = nn.Linear(dim, num_experts, bias=False) if experts else None
         self.up = nn.Conv2d(rank, dim, 1, bias=False)
         # The order in which each expert's weights are laid out in one row of the per-sample weight table (attn and
         # value side by side: one product computes both); every parameter of an expert is in it.
-        self._packed = [name for name in EXPERT_WEIGHTS + EXPERT_BIASES
-                        if name in dict(self.experts[0].named_parameters())]
-        assert sorted(self._packed) == sorted(n for n, _ in self.experts[0].named_parameters())
+        self._packed = []
+        if experts:
+            self._packed = [name for name in EXPERT_WEIGHTS + EXPERT_BIASES
+                            if name in dict(self.experts[0].named_parameters())]
+            assert sorted(self._packed) == sorted(n for n, _ in self.experts[0].named_parameters())
 
     def expert_weights(self, choice):
         """Every weight of expert ``choice[b]`` for each sample b: name → (B, *shape), plus ``'attn+value.weight'``,
@@ -144,13 +158,16 @@ class DaLe(nn.Module):
 
     def forward(self, h, task_labels=None):
         h = channels_last(h)
+        if self.experts is None:  # ablation: the agnostic expert alone, no router
+            return channels_last(self.up(self.agnostic(h))), None
         logits = self.router(h.mean(dim=(2, 3)))
         choice = task_labels if task_labels is not None else logits.argmax(dim=1)
         specialised = self.route(h, choice)
         if self.gate_by_prob:
             specialised = specialised * logits.softmax(dim=1).gather(1, choice[:, None])[:, :, None, None]
+        modulated = specialised if self.agnostic is None else self.agnostic(h) * specialised
         # channels-last out even where a kernel returns another layout (CUDA); a no-op otherwise
-        return channels_last(self.up(self.agnostic(h) * specialised)), logits
+        return channels_last(self.up(modulated)), logits
 
 
 class ControllerCrossAttention(nn.Module):
@@ -175,14 +192,18 @@ class ControllerCrossAttention(nn.Module):
 
 class DaAIRBlock(nn.Module):
     """Pre-norm block. Encoder: ``x + MDTA(DaLe(LN x))``; decoder (with a controller):
-    ``x + XAttn(q, v = DaLe(LN x), k = controller(LN x))``; then ``x + GDFN(LN x)`` in both."""
+    ``x + XAttn(q, v = DaLe(LN x), k = controller(LN x))``; then ``x + GDFN(LN x)`` in both.
+
+    Without a controller (``controller=False``) a decoder block is an encoder block; without both experts
+    (``agnostic`` and ``experts`` False) there is no DaLe: ``x + MDTA(LN x)``, a plain Restormer block."""
 
     def __init__(self, dim, num_heads, rank, num_experts, ffn_expansion_factor, bias, LayerNorm_type, kernel_size,
-                 gate_by_prob, decoder=False):
+                 gate_by_prob, decoder=False, agnostic=True, experts=True, controller=True):
         super().__init__()
         self.norm1 = LayerNorm(dim, LayerNorm_type)
-        self.dale = DaLe(dim, rank, num_experts, kernel_size, bias, gate_by_prob)
-        if decoder:
+        self.dale = DaLe(dim, rank, num_experts, kernel_size, bias, gate_by_prob, agnostic, experts) \
+            if agnostic or experts else None
+        if decoder and controller:
             self.controller = parameters_to_buffers(LowRankExpert(dim, rank, kernel_size, bias))
             self.attn = ControllerCrossAttention(dim, rank, num_heads, bias)
         else:
@@ -193,15 +214,18 @@ class DaAIRBlock(nn.Module):
 
     def forward(self, x, logits, task_labels=None):
         h = self.norm1(x)
-        f, block_logits = self.dale(h, task_labels)
-        logits.append(block_logits)
+        f = h
+        if self.dale is not None:
+            f, block_logits = self.dale(h, task_labels)
+            if block_logits is not None:
+                logits.append(block_logits)
         x = x + (self.attn(f, self.controller(h)) if self.controller is not None else self.attn(f))
         return x + self.ffn(self.norm2(x))
 
 
 @ARCH_REGISTRY.register()
 @check_arch_options
-class DaAIR(nn.Module):
+class DaAIR(TaskLogitsArch, AfterStepArch, nn.Module):
     """DaAIR (defaults: ``shared/specs/daair.md`` §6, ≈6.2M parameters with 3 experts).
 
     Args:
@@ -221,8 +245,35 @@ class DaAIR(nn.Module):
         expert_kernel_size (int): Depthwise kernel of the Conv2Former modulation. Default: 11 (assumption).
         controller_momentum (float): α of the controller update θ ← α·θ + (1−α)·θ_enc. Default: 0.999 (assumption).
         gate_by_prob (bool): Scale the routed expert by its router probability. Default: True.
+        agnostic_expert (bool): The degradation-agnostic expert of every DaLe. False: each DaLe is the routed
+            specialised expert alone, ``up(E_i(h))`` (no modulation). Default: True.
+        specialised_experts (bool): The specialised experts and their routers. False: each DaLe is the agnostic
+            expert alone, ``up(A(h))``; the net has no router and no task logits (``has_task_logits`` is False on
+            the instance, so ``train.cls_opt`` is ignored with a warning and ``calculate_routing_accuracy`` cannot
+            be scored). Default: True.
+        controller (bool): The EMA controller of every decoder block. False: decoder blocks use MDTA self-attention
+            on the DaLe features, as encoder blocks do; no controller buffers, no key projection. Needs
+            ``agnostic_expert`` (the controller is an EMA copy of the encoder's agnostic expert). Default: True.
+
+    Ablations of the paper's Table 4 (3-task average PSNR/SSIM). Its four column headers were stripped from the
+    paper text; ``shared/specs/daair.md`` §4 reads them (assumption) as 1 = agnostic expert, 2 = specialised
+    experts, 3 = routing (auxiliary classification) loss, 4 = controller, which fits the text (removing the
+    controller costs 0.28 dB = row (d)) and row (a), which lacks both the agnostic expert and the controller
+    that copies it. The rows as switches (the loss column is ``train.cls_opt`` in the option file):
+
+    - Baseline, "a scaled-down Restormer" (App. A): ``agnostic_expert``, ``specialised_experts`` and
+      ``controller`` all False, no ``cls_opt``. Blocks are plain Restormer blocks (MDTA + GDFN) in DaAIR's U-Net
+      (same width, depths, heads, 1×1 skip fusions and refinement), i.e. the model the paper builds DaAIR on by
+      adding the modules; a Restormer/PromptIR config of the same size would also change the skeleton (level-1
+      decoder at 2C, no level-1 fusion), mixing skeleton and module effects. 31.86/.911.
+    - (a) columns 2, 3: ``agnostic_expert=False, controller=False``, with ``cls_opt``. 32.12/.911.
+    - (b) columns 1, 3, 4: ``specialised_experts=False``. The loss column is ticked, but without specialised
+      experts there is no router for it to train: the option file has no ``cls_opt``. 32.41/.913.
+    - (c) columns 1, 2, 4: the full arch without ``cls_opt`` (routers trained only through ``gate_by_prob``).
+      32.44/.913.
+    - (d) columns 1, 2, 3: ``controller=False``, with ``cls_opt``. 32.23/.912.
+    - DaAIR, all four: the defaults. 32.51/.913.
     """
-    has_task_logits = True
 
     def __init__(self,
                  inp_channels=3,
@@ -239,7 +290,10 @@ class DaAIR(nn.Module):
                  rank_ratio=8,
                  expert_kernel_size=11,
                  controller_momentum=0.999,
-                 gate_by_prob=True):
+                 gate_by_prob=True,
+                 agnostic_expert=True,
+                 specialised_experts=True,
+                 controller=True):
         super().__init__()
         levels = len(num_blocks)
         if len(heads) != levels or len(num_dec_blocks) != levels - 1:
@@ -247,14 +301,19 @@ class DaAIR(nn.Module):
                              f'num_dec_blocks {list(num_dec_blocks)} one per level except the latent')
         if not 0.0 <= controller_momentum <= 1.0:
             raise ValueError(f'controller_momentum must be in [0, 1], got {controller_momentum}')
+        if controller and not agnostic_expert:
+            raise ValueError('controller: true needs agnostic_expert: true (the controller is an EMA copy of the '
+                             "encoder's agnostic expert); set controller: false as well")
         widths = [dim * 2**level for level in range(levels)]
         for width in widths:
             if width % rank_ratio:
                 raise ValueError(f'rank_ratio {rank_ratio} does not divide the level width {width}')
         self.num_experts = num_experts
         self.controller_momentum = controller_momentum
+        self.has_task_logits = bool(specialised_experts)  # no routers, no logits (the class says True)
         opt = dict(num_experts=num_experts, ffn_expansion_factor=ffn_expansion_factor, bias=bias,
-                   LayerNorm_type=LayerNorm_type, kernel_size=expert_kernel_size, gate_by_prob=gate_by_prob)
+                   LayerNorm_type=LayerNorm_type, kernel_size=expert_kernel_size, gate_by_prob=gate_by_prob,
+                   agnostic=agnostic_expert, experts=specialised_experts, controller=controller)
 
         def stage(level, count, decoder):
             return nn.ModuleList(DaAIRBlock(widths[level], heads[level], widths[level] // rank_ratio,
@@ -275,7 +334,8 @@ class DaAIR(nn.Module):
         # controller j of decoder level l follows encoder block min(j, last) of level l; it starts as a copy
         self._controller_pairs = [
             (block.controller, self.encoders[level][min(j, len(self.encoders[level]) - 1)].dale.agnostic)
-            for level, decoder in enumerate(self.decoders) for j, block in enumerate(decoder)]
+            for level, decoder in enumerate(self.decoders) for j, block in enumerate(decoder)
+            if block.controller is not None]
         with torch.no_grad():
             for controller, source in self._controller_pairs:
                 assert [n for n, _ in controller.named_buffers()] == [n for n, _ in source.named_parameters()]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from .arch_util import check_arch_options
+from .arch_util import TaskLogitsArch, check_arch_options
 from .promptir_arch import _PromptIRLayout
 from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
 
@@ -190,7 +190,7 @@ class PromptNet(nn.Module):
 
 @ARCH_REGISTRY.register()
 @check_arch_options
-class PromptDSANet(_PromptIRLayout):
+class PromptDSANet(_PromptIRLayout, TaskLogitsArch):
     """PromptDSANet (defaults: ``shared/specs/promptdsanet.md``; dim 48 gives the PromptIR-sized restorer).
 
     Args (PromptIR's options — dim, num_blocks, heads, ... — plus):

@@ -12,6 +12,7 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from ..archs.arch_util import AfterStepArch, has_task_logits
 from ..metrics.metric_table import MetricTable, SetScores, set_row
 from ..metrics.routing_accuracy_metric import routing_vote
 from ..resume import restore_rng_states, resume_with_changed_schedule, training_state
@@ -31,7 +32,7 @@ class AllInOneModel(SRModel):
       see ``archs/arch_util.TaskLogitsArch``), routed by the labels up to ``train.teacher_forcing_iter``;
     - any ``torch.optim`` optimizer and scheduler (``models/optimization.py``), ``train.grad_clip``,
       ``train.amp`` / ``train.compile`` (``models/precision.py``), a non-finite loss guard
-      (``models/loss_guard.py``), the EMA of buffers too, and ``after_optimizer_step()`` of archs that have it;
+      (``models/loss_guard.py``), the EMA of buffers too, and ``after_optimizer_step()`` of ``AfterStepArch`` archs;
     - validation / test on the bare network, shared between the ranks (``models/distributed.py``), one table per
       round with the degraded input's scores and the gain (``metrics/metric_table.py``);
     - exact resume (``resume.py``) and atomic checkpoints that load in any known layout
@@ -55,7 +56,7 @@ class AllInOneModel(SRModel):
         self.cri_fft = build_loss(train_opt['fft_opt']).to(self.device) if train_opt.get('fft_opt') else None
         self.cri_cls = None
         if train_opt.get('cls_opt'):
-            if getattr(self.get_bare_model(self.net_g), 'has_task_logits', False):
+            if has_task_logits(self.get_bare_model(self.net_g)):
                 self.cri_cls = build_loss(train_opt['cls_opt']).to(self.device)
             else:
                 logger.warning(f'train.cls_opt is ignored: arch {self.opt["network_g"]["type"]} has no task logits.')
@@ -128,7 +129,7 @@ class AllInOneModel(SRModel):
         self.precision.step(self.optimizer_g, self.net_g.parameters())
 
         bare = self.get_bare_model(self.net_g)
-        if hasattr(bare, 'after_optimizer_step'):
+        if isinstance(bare, AfterStepArch):
             bare.after_optimizer_step()
         pending = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
         if self.cri_cls is not None:  # share of the batch whose router vote is right (logged, not a loss)
@@ -171,7 +172,7 @@ class AllInOneModel(SRModel):
         net.eval()
         if not hasattr(self, '_eval_precision'):
             self._eval_precision = EvalPrecision(self.opt, self.device, get_root_logger())  # val.amp, val.compile
-        if getattr(net, 'has_task_logits', False):
+        if has_task_logits(net):
             self.output, task_logits = self._eval_precision(net, self.lq, return_task_logits=True)
             self.task_logits = [lg.float() for lg in task_logits]
         else:

@@ -7,15 +7,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from allinone_basicsr.archs.arch_util import AfterStepArch, TaskLogitsArch
 from allinone_basicsr.metrics.routing_accuracy_metric import calculate_routing_accuracy
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 
 @ARCH_REGISTRY.register()
-class _TaskLogitsTestNet(nn.Module):
+class _TaskLogitsTestNet(TaskLogitsArch, AfterStepArch, nn.Module):
     """A minimal arch with the two optional hooks: task logits and after_optimizer_step."""
-    has_task_logits = True
 
     def __init__(self, num_classes=3):
         super().__init__()
