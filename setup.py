@@ -37,12 +37,13 @@ setup(
         'scikit-image',  # metrics (PSNR/SSIM reference implementation) and the demo photos
         'tqdm',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'], 'dev': ['pytest', 'flake8', 'isort>=5', 'pre-commit']},
     entry_points={
         'console_scripts': [
             'allinone-train=allinone_basicsr.train:main',
             'allinone-test=allinone_basicsr.test:main',
             'allinone-recipe=allinone_basicsr.recipe:main',
+            'allinone-table=allinone_basicsr.table:main',
         ]
     },
     license='Apache-2.0',

@@ -28,7 +28,6 @@ import yaml
 from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
-
 from .data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
 from .models.optimization import optimizer_class, scheduler_class
 
@@ -125,6 +124,7 @@ class Recipe:
     val_freq: int
     checkpoint_freq: int
     notes: list = field(default_factory=list)
+    network: dict = field(default_factory=dict)
 
     @property
     def class_shares(self):
@@ -441,8 +441,15 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
     losses = _losses(train_opt)
     arch_type = (opt.get('network_g') or {}).get('type')
     arch = ARCH_REGISTRY.get(arch_type) if arch_type in ARCH_REGISTRY else None
+    network = network_options(opt.get('network_g') or {}, arch)
     if 'cls_opt' in losses and getattr(arch, 'has_task_logits', None) is False:
         notes.append(f'train.cls_opt is ignored in training: arch {arch_type} has no task logits')
+    elif 'cls_opt' in losses and network.get('specialised_experts') is False:
+        notes.append(f'train.cls_opt is ignored in training: {arch_type} without specialised_experts has no routers')
+    switched_off = [name for name, (default, _, _) in (getattr(arch, 'arch_option_spec', None) or {}).items()
+                    if default is True and network.get(name) is False]
+    if switched_off:  # parts of the arch left out (ablations: DaAIR's controller, PromptDSANet's pim_conv, ...)
+        notes.append(f"network_g: {arch_type} without {', '.join(switched_off)} (switched off)")
 
     val_sets = _validation_sets(opt, classes, root)
     val_opt = opt.get('val') or {}
@@ -492,7 +499,19 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
         val_sets=val_sets,
         val_freq=val_freq,
         checkpoint_freq=ckpt,
-        notes=notes)
+        notes=notes,
+        network=network)
+
+
+def network_options(network_g, arch=None):
+    """``network_g`` without ``type``, every option the file leaves out filled with the arch's default (for archs
+    decorated with ``check_arch_options``), so a protocol row can pin an arch switch (DaAIR's ablations) whether the
+    file writes it or relies on the default."""
+    options = {k: v for k, v in network_g.items() if k != 'type'}
+    spec = getattr(arch, 'arch_option_spec', None) or {}
+    for name, (default, _, _) in spec.items():
+        options.setdefault(name, list(default) if isinstance(default, tuple) else default)
+    return options
 
 
 PROTOCOLS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'protocols.yml')
@@ -505,11 +524,15 @@ def load_protocols(path=PROTOCOLS_FILE):
         return yaml.safe_load(f)
 
 
+PROTOCOL_GROUPS = ('loss_weights', 'repeats', 'network')  # fields whose entries are {name: {value, source, ref}}
+
+
 def protocol_values(row):
-    """A protocol row's numbers without their sources: {field: value}, ``loss_weights`` / ``repeats`` as dicts."""
+    """A protocol row's numbers without their sources: {field: value}, ``loss_weights`` / ``repeats`` / ``network``
+    as dicts."""
     values = {}
     for key, entry in row.items():
-        if key in ('loss_weights', 'repeats'):
+        if key in PROTOCOL_GROUPS:
             values[key] = {name: leaf['value'] for name, leaf in entry.items()}
         elif isinstance(entry, dict):
             values[key] = entry['value']
@@ -536,6 +559,7 @@ def recipe_values(recipe, unit):
         'ema_decay': recipe.ema_decay,
         'loss_weights': {key: loss['loss_weight'] for key, loss in recipe.losses.items()},
         'repeats': {task.name: task.repeat for task in recipe.tasks},
+        'network': dict(recipe.network),
     }
 
 
@@ -548,14 +572,19 @@ def _same(a, b):
 
 
 def protocol_mismatches(recipe, row):
-    """What an option file does differently from its protocol row: ['field: file X, protocol Y (source: ref)']."""
+    """What an option file does differently from its protocol row: ['field: file X, protocol Y (source: ref)'].
+
+    ``loss_weights`` and ``repeats`` must match as a whole (a loss or task the row lacks is a difference); a row's
+    ``network`` pins only the arch options it lists (file value, else the arch's default)."""
     derived = recipe_values(recipe, row['unit'])
     mismatches = []
     for key, want in protocol_values(row).items():
         got = derived.get(key)
+        if key == 'network':
+            got = {name: got.get(name) for name in want}
         if _same(got, want):
             continue
-        if key in ('loss_weights', 'repeats'):
+        if key in PROTOCOL_GROUPS:
             names = sorted(set(got) | set(want))
             for name in names:
                 if not _same(got.get(name), want.get(name)):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import allinone_basicsr  # noqa: F401  (registers the plugin)
+
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
@@ -55,3 +56,48 @@ def test_option_file_builds(name):
             assert PAPER_RANGES[arch][0] <= trainable <= PAPER_RANGES[arch][1]
         else:
             assert trainable == OFFICIAL_COUNTS[arch]
+
+
+def _train_file_of(test_name):
+    """The train file whose checkpoint a test file scores (its ``pretrain_network_g`` is experiments/<name>/...)."""
+    opt = yaml.safe_load((OPTIONS / test_name).read_text())
+    path = (opt.get('path') or {}).get('pretrain_network_g') or ''
+    for train in OPTIONS.glob('train_*.yml'):
+        if path.startswith(f"experiments/{yaml.safe_load(train.read_text())['name']}/"):
+            return train.name
+    return None
+
+
+# the test files added for the papers' table rows (tables/*.yml), next to the files they score
+TABLE_ROW_TESTS = sorted(p.name for p in OPTIONS.glob('test_*.yml')
+                         if any(tag in p.name for tag in ('_ablation_', '_denoise', '_derain', '_dehaze', '_sigma25',
+                                                          '_promptdsanet_protocol', 'promptdsanet_paper')))
+
+
+def test_table_row_test_files_are_the_expected_ones():
+    assert TABLE_ROW_TESTS == sorted(
+        [f'test_daair_ablation_{row}.yml' for row in ('a', 'b', 'baseline', 'c', 'd')]
+        + [f'test_daair_{task}.yml' for task in ('dehaze', 'denoise', 'derain')]
+        + ['test_daair_5task_sigma25.yml', 'test_promptir_promptdsanet_protocol.yml', 'test_promptdsanet_paper.yml'])
+
+
+@pytest.mark.parametrize('name', TABLE_ROW_TESTS)
+def test_table_row_test_file_loads_its_train_files_checkpoint(name):
+    """The network a table row's test file builds has the state-dict keys and shapes of the network its train file
+    trains (so its checkpoint loads strictly), and its metrics fit the network (no routing accuracy without
+    routers)."""
+    train_name = _train_file_of(name)
+    assert train_name, f'{name}: path.pretrain_network_g names no train file'
+    nets = []
+    for file in (name, train_name):
+        net_opt = dict(yaml.safe_load((OPTIONS / file).read_text())['network_g'])
+        for key in ('clip_pretrained', 'prompt_net_pretrained'):  # external weight files: not in the tests
+            if net_opt.get(key):
+                net_opt[key] = None
+        nets.append(ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt))
+    test_state, train_state = (net.state_dict() for net in nets)
+    assert {k: v.shape for k, v in test_state.items()} == {k: v.shape for k, v in train_state.items()}
+    metrics = yaml.safe_load((OPTIONS / name).read_text())['val']['metrics']
+    routing = any(m['type'] == 'calculate_routing_accuracy' for m in metrics.values())
+    has_logits = getattr(nets[0], 'has_task_logits', False) and getattr(nets[0], 'num_experts', 2) > 1
+    assert routing == bool(has_logits), name

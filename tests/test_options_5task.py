@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES
+
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
@@ -84,3 +85,22 @@ def test_5task_test_file_builds_its_datasets_and_network(method, prepared, monke
     classes = net_opt.get('num_experts', net_opt.get('num_classes'))
     assert classes in (None, 5)
     assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_sigma25_variant_trains_noise_at_25_only_and_tests_as_the_5task_file():
+    """DaAIR's Table 2 follows IDR, whose 5-task protocol trains noise at σ=25 only: train_daair_5task_sigma25.yml
+    is train_daair_5task.yml without the σ15/σ50 tasks (and its own schedule length), and its test file scores the
+    same sets with the same protocol as test_daair_5task.yml."""
+    full, sigma25 = load('train_daair_5task.yml'), load('train_daair_5task_sigma25.yml')
+    tasks = sigma25['datasets']['train']['tasks']
+    assert [t['name'] for t in tasks] == ['denoise_25', 'derain', 'dehaze', 'deblur', 'lowlight']
+    assert [t for t in full['datasets']['train']['tasks'] if t['name'] not in ('denoise_15', 'denoise_50')] == tasks
+    for key in ('network_g', 'val'):
+        assert sigma25[key] == full[key], key
+    assert {k: v for k, v in sigma25['datasets'].items() if k != 'train'} == \
+        {k: v for k, v in full['datasets'].items() if k != 'train'}
+    test_full, test25 = load('test_daair_5task.yml'), load('test_daair_5task_sigma25.yml')
+    assert test25['datasets'] == test_full['datasets'] and test25['network_g'] == test_full['network_g']
+    assert test25['val'] == test_full['val']
+    assert test25['path']['pretrain_network_g'] == 'experiments/DaAIR_5task_sigma25/models/net_g_latest.pth'
+    assert [d['noise_sigma'] for d in test25['datasets'].values() if d['degradation'] == 'noise'] == [25]

@@ -15,9 +15,10 @@ import yaml
 from torch.utils.data import DataLoader
 
 from allinone_basicsr import recipe as rc
-from allinone_basicsr.resume import ResumableSampler
 from allinone_basicsr.models.lr_scheduler import LinearWarmupCosineLR
 from allinone_basicsr.models.optimization import scheduler_class
+from allinone_basicsr.resume import ResumableSampler
+
 from basicsr.models.base_model import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,11 +99,13 @@ def test_learning_rates_of_the_shipped_recipes(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- protocol table
 def test_protocol_table_has_one_row_per_train_file_and_a_source_for_every_number():
-    assert sorted(PROTOCOLS) == TRAIN_FILES and len(TRAIN_FILES) == 10
+    # 10 main recipes (3- and 5-task per method) + 10 table rows (tables/*.yml): DaAIR single-task ×3, Table 4
+    # ablations ×5, DaAIR 5-task σ25-only, PromptIR under PromptDSANet's protocol
+    assert sorted(PROTOCOLS) == TRAIN_FILES and len(TRAIN_FILES) == 20
     for name, row in PROTOCOLS.items():
         assert row['unit'] in ('epochs', 'iterations'), name
-        leaves = [(k, v) for k, v in row.items() if isinstance(v, dict) and k not in ('loss_weights', 'repeats')]
-        leaves += [(f'{group}.{k}', v) for group in ('loss_weights', 'repeats') for k, v in row[group].items()]
+        leaves = [(k, v) for k, v in row.items() if isinstance(v, dict) and k not in rc.PROTOCOL_GROUPS]
+        leaves += [(f'{group}.{k}', v) for group in rc.PROTOCOL_GROUPS for k, v in row.get(group, {}).items()]
         assert {k for k, _ in leaves} >= {'world_size', 'effective_batch', 'patch', 'total', 'warmup', 'lr'}, name
         for key, leaf in leaves:
             assert set(leaf) == {'value', 'source', 'ref'}, (name, key)
@@ -132,6 +135,44 @@ def test_a_copied_train_section_fails_the_protocol_table(tmp_path):
     assert 'total: file 763.029 epochs, protocol 200 epochs' in text
     assert 'warmup: file 95.3786 epochs, protocol 15 epochs' in text
     assert 'loss_weights.cls_opt: file 0.01, protocol 0.1' in text
+
+
+def test_a_table_row_that_lost_its_ablation_switch_fails_the_protocol_table(tmp_path):
+    opt = options('train_daair_ablation_d.yml')
+    del opt['network_g']['controller']  # the arch default (true) comes back: the full model, not row (d)
+    mismatches = rc.protocol_mismatches(report('train_daair_ablation_d.yml', tmp_path, opt=opt),
+                                        PROTOCOLS['train_daair_ablation_d.yml'])
+    text = '\n'.join(mismatches)
+    assert 'network.controller: file True, protocol False (assumption: daair.md §4 Table 4' in text
+    opt = options('train_daair_ablation_c.yml')  # row (c): no routing loss
+    opt['train']['cls_opt'] = {'type': 'TaskClassificationLoss', 'loss_weight': 0.01}
+    mismatches = rc.protocol_mismatches(report('train_daair_ablation_c.yml', tmp_path, opt=opt),
+                                        PROTOCOLS['train_daair_ablation_c.yml'])
+    text = '\n'.join(mismatches)
+    assert 'loss_weights.cls_opt: file 0.01, protocol None' in text
+
+
+def test_table_rows_report_what_they_switch_off(tmp_path):
+    r = report('train_daair_ablation_baseline.yml', tmp_path)
+    assert 'network_g: DaAIR without agnostic_expert, specialised_experts, controller (switched off)' in r.notes
+    assert r.network['agnostic_expert'] is False and 'cls_opt' not in r.losses
+    assert not [n for n in report('train_daair.yml', tmp_path).notes if 'switched off' in n]
+    opt = options('train_daair_ablation_b.yml')
+    opt['train']['cls_opt'] = {'type': 'TaskClassificationLoss', 'loss_weight': 0.01}
+    assert 'train.cls_opt is ignored in training: DaAIR without specialised_experts has no routers' in report(
+        'train_daair_ablation_b.yml', tmp_path, opt=opt).notes
+    for task, classes, samples, iters in (('denoise', ['noise'], 46_296, 5_787), ('derain', ['rain'], 24_000, 3_000),
+                                          ('dehaze', ['haze'], 72_135, 9_016)):
+        r = report(f'train_daair_{task}.yml', tmp_path)  # single-task: batch 8 on one process (spec §3)
+        assert (r.degradation_classes, r.effective_batch, r.samples_per_epoch, r.iters_per_epoch) == (
+            classes, 8, samples, iters)
+        assert r.total_iter == 120 * iters and r.network['num_experts'] == 1 and 'cls_opt' not in r.losses
+    r = report('train_daair_5task_sigma25.yml', tmp_path)
+    assert [t.name for t in r.tasks] == ['denoise_25', 'derain', 'dehaze', 'deblur', 'lowlight']
+    assert (r.samples_per_epoch, r.iters_per_epoch, r.total_iter) == (205_387, 6_418, 770_160)
+    r = report('train_promptir_promptdsanet_protocol.yml', tmp_path)  # PromptDSANet's epoch, PromptIR's network
+    assert (r.samples_per_epoch, r.iters_per_epoch, r.total_iter, r.effective_batch) == (2_800, 700, 140_000, 4)
+    assert list(r.losses) == ['pixel_opt'] and r.network['decoder'] is True
 
 
 def test_recipe_numbers(tmp_path):
