@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils import data
 
+from basicsr.data import build_dataloader
 from basicsr.data.data_sampler import EnlargedSampler
 
 
@@ -187,7 +188,6 @@ def load_resume_state(opt):
 def resumable_loader(opt, train_loader):
     """BasicSR's train loader rebuilt around a :class:`ResumableSampler` (same order, per-sample seeds) and the
     dataset wrapped in a :class:`SeededDataset`. Returns the loader and its sampler."""
-    from basicsr.data import build_dataloader
     dataset_opt = opt['datasets']['train']
     dataset = SeededDataset(train_loader.dataset)
     sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], dataset_opt.get('dataset_enlarge_ratio', 1),
