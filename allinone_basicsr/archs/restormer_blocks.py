@@ -21,12 +21,20 @@ Speed (same outputs as the official formulas, see ``tests/test_archs/test_fast_b
   convolutions are several times faster on it on CPU, and the channel LayerNorm becomes a plain last-dim
   ``F.layer_norm`` on a permuted view (no copy). Tensors keep their logical B×C×H×W shape.
 * MDTA: q and k are L2-normalised *after* the C/h × C/h product (dividing the logits by the outer product of the
-  norms) instead of normalising the two H·W-long maps (float32; in float16/bfloat16 or under autocast, where the
-  raw product overflows float16 from 256² on, they are normalised first, as the official code does); the value
-  mixing is folded into the output projection (``W_out · blockdiag(attn)``, a C×C matrix), so one 1×1
-  convolution applies both.
-* GDFN: the two halves (gate and value) are computed by two convolutions with slices of the same weights, so the
-  backward pass never concatenates their gradients.
+  norms) instead of normalising the two H·W-long maps (float32; in float16, where the raw product overflows from
+  256² on, they are normalised first, as the official code does); the value mixing is folded into the output
+  projection (``W_out · blockdiag(attn)``, a C×C matrix), so one 1×1 convolution applies both.
+* GDFN: the two halves (gate and value) are computed by two convolutions with halves of the same weights, so the
+  backward pass never concatenates their (full-size) activation gradients, only the small weight gradients.
+
+Mixed precision (bfloat16 autocast, float32 master weights; ``tests/test_archs/test_bf16_blocks.py``): every
+convolution runs in bfloat16 on channels-last maps, the oneDNN layout for it (a channels-first gradient reaching a
+bfloat16 depthwise convolution's backward costs a full layout copy). The residual stream, LayerNorm outputs and
+GELU gate stay in bfloat16 (LayerNorm computes its statistics in float32 internally and takes the float32 weights
+as they are, so there is no cast of the maps between blocks). MDTA's channel attention in bfloat16 is
+``_BFloat16ChannelAttention``: float32 norms, softmax, temperature and d × d matrices, bfloat16 only for the
+H·W-long maps and the products over them, and a hand-written backward that writes the q/k gradients
+channels-last (see its docstring for what stays float32 and why).
 """
 import torch
 from torch import nn
@@ -136,22 +144,135 @@ def channel_attention(q, k, num_heads, temperature, eps=1e-12):
     float32/float64 (no autocast): equal to normalising q and k first (``F.normalize(·, dim=-1)`` as the official
     code does), but the division happens on the small C/h × C/h logits instead of two H·W-long maps.
 
-    float16/bfloat16 inputs or autocast: the raw products grow with the pixel count (H·W · |q|·|k|: 65536 at 256²
+    float16 inputs or float16 autocast: the raw products grow with the pixel count (H·W · |q|·|k|: 65536 at 256²
     with unit activations, float16's largest value is 65504), so there q and k are normalised first, as in the
-    official code (cosines, at most 1 in magnitude, finite at any size). The result has q's dtype.
+    official code (cosines, at most 1 in magnitude, finite at any size).
+
+    bfloat16 inputs or bfloat16 autocast: normalised first too, but in one pass per map and with a hand-written
+    backward that keeps the gradients channels-last (``_BFloat16ChannelAttention``; norms, temperature and softmax
+    in float32). The result has the low precision dtype (q's, or the autocast dtype).
     """
     q, k = _pixels_by_channels(q, num_heads), _pixels_by_channels(k, num_heads)
-    if q.dtype in (torch.float32, torch.float64) and not _autocast_enabled(q.device.type):
+    autocast = _autocast_enabled(q.device.type)
+    if q.dtype in (torch.float32, torch.float64) and not autocast:
         logits = q.permute(0, 2, 3, 1) @ k.transpose(1, 2)  # (B, heads, d, HW) @ (B, heads, HW, d)
         q_norm = torch.linalg.vector_norm(q, dim=1).clamp_min(eps)  # (B, heads, d)
         k_norm = torch.linalg.vector_norm(k, dim=1).clamp_min(eps)
         return (logits / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)) * temperature).softmax(dim=-1)
-    return _low_precision_channel_attention(q, k, temperature, eps)
+    low = torch.get_autocast_dtype(q.device.type) if autocast else q.dtype
+    if low == torch.float16 or q.dtype == torch.float16:
+        return _low_precision_channel_attention(q, k, temperature, eps)
+    return _bfloat16_channel_attention(q, k, temperature, eps)
+
+
+def _bfloat16_channel_attention(q, k, temperature, eps):
+    """``channel_attention`` in bfloat16 (or under bfloat16 autocast) on the (B, HW, heads, d) views."""
+    if _autocast_enabled(q.device.type):
+        q, k = q.to(torch.get_autocast_dtype(q.device.type)), k.to(torch.get_autocast_dtype(q.device.type))
+    q, k = q.permute(0, 2, 3, 1), k.permute(0, 2, 3, 1)  # (B, heads, d, HW)
+    if torch.compiler.is_compiling():
+        # torch.compile: the same formula in plain autograd ops (the compiler fuses the elementwise passes itself;
+        # the per-head loop of the hand-written backward would be traced over symbolic sizes)
+        q_unit, k_unit = (F.normalize(t.float(), dim=-1, eps=eps).to(t.dtype) for t in (q, k))
+        cosines = (q_unit @ k_unit.transpose(-1, -2)).float()
+        return (cosines * temperature.float()).softmax(dim=-1).to(q.dtype)
+    return _BFloat16ChannelAttention.apply(q, k, temperature, eps)
+
+
+def _per_head_matmul(a, b, out):
+    """``a @ b`` into ``out``, all (B, heads, ·, ·), as one ``torch.mm`` per sample and head: BLAS takes each
+    head's strided matrix of a channels-last map as it is (a leading dimension), whereas ``bmm`` copies operands
+    whose batch stride is not a whole matrix, as the heads of a channels-last map are. Other devices: one batched
+    matmul (a loop of small kernel launches would cost more there than the copies)."""
+    if a.device.type != 'cpu':
+        return out.copy_(a @ b)
+    for a_i, b_i, out_i in zip(a.unbind(0), b.unbind(0), out.unbind(0)):
+        for a_ij, b_ij, out_ij in zip(a_i.unbind(0), b_i.unbind(0), out_i.unbind(0)):
+            torch.mm(a_ij, b_ij, out=out_ij)
+    return out
+
+
+class _BFloat16ChannelAttention(torch.autograd.Function):
+    """softmax(temperature · (q kᵀ) / (|q| ⊗ |k|)) for bfloat16 q, k of shape (B, heads, d, HW) (channels-last
+    strides: the pixel dim is the strided one), with a hand-written backward.
+
+    Forward: float32 norms, then q and k normalised in one pass each (bfloat16 in, float32 division, bfloat16 out)
+    and their product over the pixels as one bfloat16 matmul per sample and head (float32 accumulation inside
+    oneDNN / cuBLAS), with no float32 copy of the H·W-long maps. Autograd's version of this (float32 copies,
+    division, cast back) cost three full-size passes each way, and its gradient came back channels-first, which
+    forced a layout copy of the whole q/k/v gradient before the depthwise convolution's backward (oneDNN's
+    bfloat16 convolutions want channels-last).
+
+    Backward, with c = cosines, g = gradient of the softmax input times the temperature, G = g / (|q| ⊗ |k|):
+    ``dq = G k - diag(r) q`` with ``r_i = Σ_j g_ij c_ij / |q_i|²`` (0 where |q_i| ≤ eps, the clamp), and the same
+    for k with Gᵀ: one matmul written straight into a channels-last buffer plus one fused multiply-add per map,
+    instead of autograd's matmul, norm backward, cast and accumulation passes.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, temperature, eps):
+        with torch.autocast(q.device.type, enabled=False):
+            b, heads, d, _ = q.shape
+            # float32 norms: the squares (each rounded once to bfloat16, unbiased) are summed in float32
+            q_norm, k_norm = (t.square().sum(-1, dtype=torch.float32).sqrt() for t in (q, k))
+            q_clamped, k_clamped = q_norm.clamp_min(eps), k_norm.clamp_min(eps)
+            # unit vectors, divided in float32 and rounded once to bfloat16 (F.normalize's formula; the float32
+            # quotient of one head's map stays in cache, and writing bfloat16 straight through ``out=`` takes a
+            # slow mixed-dtype path); their product is the cosines, rounded once: a cosine near ±1 (q_i ∥ k_j)
+            # rounds to ±1 exactly instead of carrying the 2^-9 rounding of a |q||k|-sized product, which the
+            # temperature's gradient (a sum of cancelling terms over every logit) would amplify
+            q_unit, k_unit = ((t / n.unsqueeze(-1)).to(t.dtype) for t, n in ((q, q_clamped), (k, k_clamped)))
+            cosines = _per_head_matmul(q_unit, k_unit.transpose(-1, -2), q.new_empty(b, heads, d, d)).float()
+            # float32 for the temperature and the softmax (small d × d matrices, so cheap): each row of weights sums
+            # to 1 up to float32 rounding before its one rounding to bfloat16
+            attn = (cosines * temperature.float()).softmax(dim=-1)
+        ctx.save_for_backward(q, k, temperature, cosines, attn, q_clamped, k_clamped)
+        ctx.masks = (q_norm > eps, k_norm > eps)
+        return attn.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_attn):
+        q, k, temperature, cosines, attn, q_norm, k_norm = ctx.saved_tensors
+        q_mask, k_mask = ctx.masks
+        with torch.autocast(q.device.type, enabled=False):
+            # float32 throughout on the d × d matrices (softmax backward, temperature, norms); only the two
+            # full-size terms of each map's gradient are bfloat16 (``_channels_last_grad``)
+            grad_attn = grad_attn.float()
+            grad_logits = attn * (grad_attn - (grad_attn * attn).sum(-1, keepdim=True))
+            grad_temperature = None
+            if ctx.needs_input_grad[2]:
+                grad_temperature = (grad_logits * cosines).sum((0, 2, 3)).view_as(temperature).to(temperature.dtype)
+            g = grad_logits * temperature.float()
+            gc = g * cosines
+            g = g / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2))
+            r = (gc.sum(-1) / q_norm.square() * q_mask).unsqueeze(-1).to(q.dtype)
+            s = (gc.sum(-2) / k_norm.square() * k_mask).unsqueeze(-1).to(k.dtype)
+            g = g.to(q.dtype)
+            grad_q = _channels_last_grad(g, k, r, q)
+            grad_k = _channels_last_grad(g.transpose(-1, -2), q, s, k)
+        return grad_q, grad_k, grad_temperature, None
+
+
+def _channels_last_grad(g, other, r, own):
+    """``g @ other - r * own`` for (B, heads, d, HW) maps, as a (B, heads, d, HW) view of a (B, HW, heads, d)
+    buffer: channels-last order, the layout the q/k/v gradient and the depthwise convolution's backward need.
+    Both terms in bfloat16 (float32 accumulation inside the matmul, one rounding each), as in autograd's
+    bfloat16 backward of the normalise-first form."""
+    b, heads, d, hw = own.shape
+    buf = own.new_empty(b, hw, heads, d)
+    # per head, the (HW, d) matrix otherᵀ gᵀ = (g other)ᵀ, written straight into the channels-last buffer
+    _per_head_matmul(other.transpose(-1, -2), g.transpose(-1, -2), buf.permute(0, 2, 1, 3))
+    return buf.permute(0, 2, 3, 1).addcmul_(own, r, value=-1)
 
 
 def _autocast_enabled(device_type):
     """Whether autocast is on for this device type (False for types autocast does not know, such as 'meta')."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _low_precision(t):
+    """Whether ``t`` is computed on in a low precision: a float16/bfloat16 tensor, or autocast on for its device."""
+    return t.dtype not in (torch.float32, torch.float64) or _autocast_enabled(t.device.type)
 
 
 def _low_precision_channel_attention(q, k, temperature, eps):
@@ -179,6 +300,13 @@ def attend_and_project(v, attn, project_out):
     heads, d = attn.shape[1], attn.shape[2]
     weight = project_out.weight.view(-1, heads, d)
     folded = torch.einsum('ohi,bhij->bohj', weight, attn).reshape(b, -1, c)  # (B, C_out, C) per sample
+    if b == 1 and v.device.type == 'cpu' and _low_precision(v):
+        # bfloat16 / float16: one matmul on v's strided (HW, C) view, no channels-last copy of the channel slice v
+        # (BLAS takes the leading dimension; the convolution below needs a dense input), output channels-last
+        y = torch.mm(_pixels_by_channels(v, 1).reshape(h * w, c), folded[0].t())
+        if project_out.bias is not None:
+            y = y + project_out.bias.to(y.dtype)
+        return y.view(1, h, w, -1).permute(0, 3, 1, 2)
     if b == 1:
         return F.conv2d(channels_last(v), folded.view(-1, c, 1, 1), project_out.bias)
     y = _pixels_by_channels(v, 1).flatten(2) @ folded.transpose(1, 2)  # (B, HW, C_out)
@@ -204,16 +332,20 @@ class GDFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
 
-    def _half(self, x, half):
-        """project_in then dwconv for the first (gate) or second (value) half of the hidden channels."""
-        part = slice(half * self.hidden, (half + 1) * self.hidden)
-        bias_in, bias_dw = (None if conv.bias is None else conv.bias[part] for conv in (self.project_in, self.dwconv))
-        y = F.conv2d(x, self.project_in.weight[part], bias_in)
-        return F.conv2d(y, self.dwconv.weight[part], bias_dw, padding=1, groups=self.hidden)
+    def _halves(self, x):
+        """project_in then dwconv for the first (gate) and second (value) half of the hidden channels, each with
+        its half of the weights. ``chunk`` splits every weight once, so in the backward pass the two halves'
+        gradients are joined by one concatenation per weight (slicing each half on its own zero-pads both
+        gradients to the full weight and adds them)."""
+        splits = [None if t is None else t.chunk(2) for t in
+                  (self.project_in.weight, self.project_in.bias, self.dwconv.weight, self.dwconv.bias)]
+        w_in, b_in, w_dw, b_dw = (s or (None, None) for s in splits)
+        return [F.conv2d(F.conv2d(x, w_in[i], b_in[i]), w_dw[i], b_dw[i], padding=1, groups=self.hidden)
+                for i in (0, 1)]
 
     def forward(self, x):
-        x = channels_last(x)
-        return self.project_out(F.gelu(self._half(x, 0)) * self._half(x, 1))
+        gate, value = self._halves(channels_last(x))
+        return self.project_out(F.gelu(gate) * value)
 
 
 class TransformerBlock(nn.Module):
