@@ -4,13 +4,17 @@
 Usage:
     python benchmarks/data_throughput.py -opt options/train_symunet.yml [--root .] [--workers 2] [--batches 100]
     python benchmarks/data_throughput.py -opt options/train_symunet.yml --fake 200   # fake raw tree, prepared
+    python benchmarks/data_throughput.py -opt options/train_symunet.yml --fake 200 --format png --runs 3
 
 ``--root`` is the folder holding ``datasets/`` (the option files' paths are relative to it). ``--fake N`` builds
 a fake raw tree of N images per training set at the public datasets' typical sizes, runs prepare_3task.py on it
-in a temporary folder and measures that (no real data needed). Prints a markdown row; no model is run.
+in a temporary folder with ``--format`` (default ``raw``: entries the loader reads without decoding; ``png`` is
+prepare_3task.py's default) and measures that (no real data needed). Each of ``--runs`` runs builds a fresh loader;
+prints a markdown row with the best and the median run; no model is run.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,19 +63,26 @@ def main():
     parser.add_argument('--batches', type=int, default=100)
     parser.add_argument('--batch-size', type=int, default=None, help="default: the option file's")
     parser.add_argument('--fake', type=int, default=0, help='build and prepare a fake raw tree of N images per set')
+    parser.add_argument('--format', choices=('raw', 'png', 'source'), default='raw',
+                        help='with --fake: the storage format of the prepared LMDBs (prepare_3task.py --format)')
+    parser.add_argument('--runs', type=int, default=1, help='measurements (best and median are printed)')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.root
+        root, storage = args.root, '(as found)'
         if args.fake:
             from fake_raw import make_raw_sized
             from prepare_3task import main as prepare
             make_raw_sized(osp.join(tmp, 'raw'), args.fake)
-            prepare(['--raw', osp.join(tmp, 'raw'), '--out', osp.join(tmp, 'datasets'), '--workers', '2'])
-            root = tmp
-        result = measure(args.opt, root, args.workers, args.batches, args.batch_size)
-    print('\n| option file | samples | workers | batch × patch | patches/s |\n|---|---|---|---|---|')
-    print(f'| {osp.basename(args.opt)} | {result["samples"]:,} | {args.workers} | {result["batch"]} × '
-          f'{result["patch"]}² | {result["patches_per_s"]:.0f} |')
+            prepare(['--raw', osp.join(tmp, 'raw'), '--out', osp.join(tmp, 'datasets'), '--workers', '2',
+                     '--format', args.format])
+            root, storage = tmp, args.format
+        results = [measure(args.opt, root, args.workers, args.batches, args.batch_size) for _ in range(args.runs)]
+    rates = [r['patches_per_s'] for r in results]
+    result = results[0]
+    print('\n| option file | storage | samples | workers | batch × patch | patches/s (best) | patches/s (median) | '
+          'runs |\n|---|---|---|---|---|---|---|---|')
+    print(f'| {osp.basename(args.opt)} | {storage} | {result["samples"]:,} | {args.workers} | {result["batch"]} × '
+          f'{result["patch"]}² | {max(rates):.0f} | {statistics.median(rates):.0f} | {len(rates)} |')
 
 
 if __name__ == '__main__':

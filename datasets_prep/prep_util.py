@@ -1,10 +1,12 @@
 """Shared engine of prepare_3task.py / prepare_5task.py: raw folders -> checked pairs -> BasicSR LMDBs.
 
 A *job* writes one LMDB (a clean-only set) or two LMDBs of one task (``<name>_lq.lmdb`` and ``<name>_gt.lmdb``).
-Its *units* are decoded, checked and PNG-encoded in worker processes and written by BasicSR's ``LmdbMaker`` in the
-main process. Each LMDB is written under a temporary name and renamed into place only once complete, with a
+Its *units* are decoded, checked and PNG-encoded (or, with ``--format raw``, stored as ``.npy`` arrays of the RGB
+image, which the training loader reads without decoding) in worker processes and written by BasicSR's ``LmdbMaker``
+in the main process. Each LMDB is written under a temporary name and renamed into place only once complete, with a
 ``prepare_info.json`` beside its ``meta_info.txt``; a re-run skips LMDBs that are complete (``--force`` rebuilds).
 """
+import io
 import json
 import os
 import re
@@ -65,7 +67,7 @@ def require_dir(raw, rel, what):
     """``raw/rel`` must be a folder; the error names the --raw argument, the path and what belongs there."""
     path = osp.join(raw, rel)
     if not osp.isdir(path):
-        raise PrepError(f'--raw {raw}: missing folder {path} ({what}); see README "Data" for the raw layout')
+        raise PrepError(f'--raw {raw}: missing folder {path} ({what}); see docs/data.md "Raw layout"')
     return path
 
 
@@ -197,6 +199,8 @@ def encode_unit(args):
             if params['format'] == 'source' and box is None and _is_plain_8bit(src):
                 with open(src, 'rb') as f:
                     data = f.read()
+            elif params['format'] == 'raw':
+                data = encode_raw(img)
             else:
                 ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, params['compress_level']])
                 if not ok:
@@ -204,6 +208,14 @@ def encode_unit(args):
                 data = buf.tobytes()
             results.append((out, key, data, img.shape))
     return results
+
+
+def encode_raw(img):
+    """HxWx3 uint8 BGR -> ``.npy`` bytes of the RGB image (what ``decode_image`` of the PNG returns): the loader
+    reads it as a view, no decoding. Size: H·W·3 bytes + a 128-byte header."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(img[..., ::-1]), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _is_plain_8bit(path):
@@ -304,15 +316,18 @@ def run_all(jobs, args, script):
 
 
 def add_arguments(parser):
-    parser.add_argument('--raw', required=True, help='folder with the unpacked downloads (layout: README "Data")')
+    parser.add_argument('--raw', required=True,
+                        help='folder with the unpacked downloads (layout: docs/data.md "Raw layout")')
     parser.add_argument('--out', default='datasets', help='output folder (default: datasets, as options/*.yml)')
     parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
                         help='processes decoding and encoding images (default: min(4, CPUs))')
     parser.add_argument('--compress-level', type=int, default=1, choices=range(10), metavar='0-9',
                         help='PNG compression level (default 1, as BasicSR)')
-    parser.add_argument('--format', choices=('png', 'source'), default='png',
+    parser.add_argument('--format', choices=('png', 'source', 'raw'), default='png',
                         help='png: decode and store as PNG (default); source: store 8-bit RGB source files '
-                             'byte for byte (JPEG stays JPEG, smaller) when not cropped')
+                             'byte for byte (JPEG stays JPEG, smaller) when not cropped; raw: store the decoded '
+                             'RGB pixels as .npy, H*W*3 bytes per image (more disk than PNG, far more than JPEG '
+                             'sources), read without decoding: the fastest training loader (docs/benchmarks.md)')
     parser.add_argument('--force', action='store_true', help='rebuild LMDBs that are already complete')
     return parser
 

@@ -2,7 +2,8 @@
 """Public 3-task all-in-one data (noise, rain, haze) -> the LMDBs that options/*.yml read.
 
 Usage:
-    python datasets_prep/prepare_3task.py --raw RAW --out datasets [--workers N] [--compress-level 1] [--force]
+    python datasets_prep/prepare_3task.py --raw RAW --out datasets [--workers N] [--compress-level 1]
+        [--format png|source|raw] [--force]
 
 RAW is the folder of unpacked downloads, laid out as the PromptIR / SymUNet repositories describe:
 

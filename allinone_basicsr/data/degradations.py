@@ -70,7 +70,11 @@ def add_gaussian_noise(img, sigma, rng=None):
         noise = np.random.randn(*img.shape)
     else:
         noise = rng.standard_normal(img.shape)
-    return np.clip(img.astype(np.float64) + noise * sigma, 0, 255).astype(np.uint8)
+    # the same float64 operations in place (x + n·σ, clip, truncate): no temporaries, bit-identical
+    noise *= sigma
+    noise += img
+    np.clip(noise, 0, 255, out=noise)
+    return noise.astype(np.uint8)
 
 
 def _uniform(rng, value):
