@@ -114,6 +114,7 @@ def model_size(opt, macs_size=None):
     import torch
 
     import allinone_basicsr  # noqa: F401
+
     from basicsr.utils.registry import ARCH_REGISTRY
     net_opt = dict(opt['network_g'])
     if net_opt.get('clip_pretrained'):

@@ -114,6 +114,7 @@ def check_fits(dst, report, arch=None, opt_file=None):
     """Build the network (``--opt`` / ``--arch``), load ``dst`` into it strictly and the CLIP file into its tower."""
     import allinone_basicsr  # noqa: F401  (registers the archs)
     from allinone_basicsr.models.checkpoint_util import check_state_dict_fits
+
     from basicsr.utils.registry import ARCH_REGISTRY
     network = network_options(arch, opt_file)
     cls = ARCH_REGISTRY.get(network.pop('type'))

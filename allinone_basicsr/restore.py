@@ -58,6 +58,7 @@ import allinone_basicsr  # noqa: F401  (registers the archs)
 from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
 from allinone_basicsr.models.precision import amp_dtype, autocast
+
 from basicsr.utils.registry import ARCH_REGISTRY
 
 DEFAULT_OVERLAP = 32

@@ -151,7 +151,6 @@ def load_resume_state(opt):
     cannot be read is skipped with a warning and the one before is used.
     """
     from basicsr.utils import check_resume, scandir
-
     from .option_check import check_training_state
 
     if opt['auto_resume']:

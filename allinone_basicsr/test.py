@@ -12,9 +12,10 @@ import sys
 import yaml
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-import basicsr.test as basicsr_test
 from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.option_check import check_options
+
+import basicsr.test as basicsr_test
 from basicsr.utils.options import parse_options
 
 

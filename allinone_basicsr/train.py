@@ -25,13 +25,15 @@ import os
 import time
 from os import path as osp
 
-import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 import torch
+
+import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.experiment import ExperimentLock, remove_temporaries
 from allinone_basicsr.option_check import check_options
 from allinone_basicsr.resume import check_resume_data, load_resume_state, resumable_loader
+
 from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,

@@ -35,6 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import allinone_basicsr  # noqa: E402,F401
 from allinone_basicsr.complexity import frozen_parameters, sdpa_macs  # noqa: E402
+
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 METHODS = ('SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR', 'PromptDSANet')

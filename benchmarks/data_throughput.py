@@ -26,6 +26,7 @@ sys.path[:0] = [REPO, osp.join(REPO, 'datasets_prep')]
 import yaml  # noqa: E402
 
 import allinone_basicsr  # noqa: E402,F401
+
 from basicsr.data import build_dataloader, build_dataset  # noqa: E402
 
 

@@ -47,9 +47,10 @@ def _worker(rank, args, port, results):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
     dist.init_process_group('gloo', rank=rank, world_size=args.world_size)
+    from torch.nn.parallel import DistributedDataParallel
+
     import allinone_basicsr  # noqa: F401
     from allinone_basicsr.archs import daair_arch
-    from torch.nn.parallel import DistributedDataParallel
     times = {}
     for mode in args.modes:
         torch.manual_seed(0)

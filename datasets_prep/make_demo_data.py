@@ -31,6 +31,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import allinone_basicsr  # noqa: E402,F401  (patches basicsr before it is imported)
 from allinone_basicsr.data.degradations import add_haze, add_rain, stable_seed  # noqa: E402
+
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs  # noqa: E402
 
 # skimage.data photos that ship with the wheel (others need pooch downloads). chelsea == cat: use one of them.

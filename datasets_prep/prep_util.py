@@ -23,6 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 import allinone_basicsr  # noqa: E402,F401  (patches basicsr before it is imported)
 from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8  # noqa: E402
+
 from basicsr.utils.lmdb_util import LmdbMaker  # noqa: E402
 
 INFO_FILE = 'prepare_info.json'

@@ -17,7 +17,8 @@ import os
 from os import path as osp
 
 from prep_util import Job, add_pairs, list_images, main_guard, natural_key, require_dir
-from prepare_3task import JOBS_3TASK, main as main_3task
+from prepare_3task import JOBS_3TASK
+from prepare_3task import main as main_3task
 
 GOPRO_CROP, GOPRO_STEP = 512, 256
 EXPECTED = {'gopro_train': 2103, 'gopro_test': 1111, 'lol_train': 485, 'lol_test': 15}

@@ -13,6 +13,7 @@ import yaml
 from allinone_basicsr.archs.clip_tokens import CLIPTokenizer
 from allinone_basicsr.convert import main as convert
 from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
+
 from basicsr.utils.registry import ARCH_REGISTRY
 
 pytestmark = pytest.mark.filterwarnings('ignore:CLIP .* has random weights')

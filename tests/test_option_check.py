@@ -15,6 +15,7 @@ import allinone_basicsr  # noqa: F401  (registers the archs)
 from allinone_basicsr.archs.symunet_arch import SymUNet
 from allinone_basicsr.option_check import (OptionConversionWarning, check_options, check_training_state, to_int,
                                            to_number)
+
 from basicsr.utils.options import ordered_yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,12 +21,13 @@ def test_import_registers_every_name():
 
 
 def test_compat_is_applied():
-    import basicsr.train
-    import basicsr.utils.dist_util as dist_util
     import torchvision.transforms.functional_tensor as ft  # noqa: F401  (removed upstream; the shim provides it)
 
     from allinone_basicsr import _compat
     from allinone_basicsr.resume import load_resume_state
+
+    import basicsr.train
+    import basicsr.utils.dist_util as dist_util
     assert basicsr.train.load_resume_state is load_resume_state
     assert dist_util._init_dist_pytorch is _compat._init_dist_pytorch
     assert dist_util._init_dist_slurm is _compat._init_dist_slurm

@@ -29,7 +29,6 @@ from torch.utils import data as data
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
-
 from .degradations import add_gaussian_noise, noise_rng
 from .image_io import IMG_EXTENSIONS, to_bgr8
 from .lmdb_check import checked_lmdb

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from allinone_basicsr.archs import restormer_blocks
 from allinone_basicsr.archs.restormer_blocks import TransformerBlock, channel_attention, channels_last
+
 from basicsr.utils.registry import ARCH_REGISTRY
 
 TINY = dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 2], dec_blk_nums=[2, 1], restormer_heads=[1, 2],

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from allinone_basicsr.archs.daair_arch import DaAIR, DaLe, LowRankExpert
 from allinone_basicsr.losses.task_classification_loss import TaskClassificationLoss
 from allinone_basicsr.metrics.routing_accuracy_metric import calculate_routing_accuracy, routing_vote
+
 from basicsr.utils.registry import ARCH_REGISTRY
 
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 2], num_dec_blocks=[1, 2, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4],

@@ -15,10 +15,10 @@ import traceback
 
 import pytest
 import torch
+from test_daair_arch import TINY
 from torch.overrides import TorchFunctionMode
 
 from allinone_basicsr.archs.daair_arch import DaAIR, DaLe
-from test_daair_arch import TINY
 
 # Calls that copy a value to the host (on a GPU: wait for the device) whatever their arguments.
 ALWAYS_SYNC = {'item', 'tolist', 'cpu', 'numpy', '__bool__', '__int__', '__float__', '__index__', '__format__',

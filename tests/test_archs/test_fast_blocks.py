@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from allinone_basicsr.archs.restormer_blocks import GDFN, MDTA, TransformerBlock, attend_and_project, channel_attention
+
 from basicsr.utils.registry import ARCH_REGISTRY
-from allinone_basicsr.archs.restormer_blocks import (GDFN, MDTA, TransformerBlock, attend_and_project,
-                                                     channel_attention)
 
 
 def plain_layernorm(x, p, key):

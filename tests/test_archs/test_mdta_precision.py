@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from allinone_basicsr.archs.restormer_blocks import MDTA, TransformerBlock, channel_attention
+
 from basicsr.utils.registry import ARCH_REGISTRY
 
 OUT_TOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}

@@ -4,11 +4,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from pipeline_util import run_python
 
 from allinone_basicsr.archs.promptdsa_arch import DsaBlock, PromptDSANet, PromptNet, SpatialSelfAttention
 from allinone_basicsr.archs.promptir_arch import PromptIR
 from allinone_basicsr.archs.restormer_blocks import TransformerBlock
-from pipeline_util import run_python
 
 TINY = dict(dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_net='resnet18')
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from test_promptdsa_arch import TINY as PROMPTDSA_TINY
+from test_se_symunet_arch import TINY as SE_SYMUNET_TINY
 
 from allinone_basicsr.archs.promptdsa_arch import PromptDSANet, SpatialSelfAttention
 from allinone_basicsr.archs.symunet_arch import CrossAttention, SESymUNet
-from test_promptdsa_arch import TINY as PROMPTDSA_TINY
-from test_se_symunet_arch import TINY as SE_SYMUNET_TINY
 
 pytestmark = pytest.mark.filterwarnings('ignore:CLIP .* has random weights')
 

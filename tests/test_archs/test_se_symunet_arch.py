@@ -6,12 +6,13 @@ import copy
 
 import pytest
 import torch
+from pipeline_util import run_python
 
 from allinone_basicsr.archs import clip_tokens
 from allinone_basicsr.archs.clip_tokens import CLIPTokenizer, resolve_clip_model_name
 from allinone_basicsr.archs.symunet_arch import ImageGuidanceAttention, SESymUNet, TextRefinementAttention
+
 from basicsr.utils.registry import ARCH_REGISTRY
-from pipeline_util import run_python
 
 pytestmark = pytest.mark.filterwarnings('ignore:CLIP .* has random weights')
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'benchmarks'))
 import complexity  # noqa: E402
 
 from allinone_basicsr.archs.promptdsa_arch import PromptDSANet, SpatialSelfAttention  # noqa: E402
+
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 
@@ -54,6 +55,7 @@ def _old_way(net, size):
     """``allinone_basicsr.complexity.analyse`` (the real attention computed while tracing), and every operator's
     count of that analysis."""
     from mmengine.analysis import FlopAnalyzer
+
     from allinone_basicsr.complexity import analyse
     analyzer = FlopAnalyzer(net.eval(), (torch.rand(1, 3, size, size),))
     analyzer.set_op_handle('aten::scaled_dot_product_attention', complexity.sdpa_macs)

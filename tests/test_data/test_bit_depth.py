@@ -1,6 +1,5 @@
 """16-bit training images are reduced to 8 bits with a warning (as ``restore`` warns): once per source, naming the
 LMDB or folder and its first 16-bit image, also when DataLoader workers read the images."""
-import allinone_basicsr  # noqa: F401  (import before basicsr)
 import os
 import warnings
 from os import path as osp
@@ -8,9 +7,11 @@ from os import path as osp
 import cv2
 import numpy as np
 import torch
-from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
+import allinone_basicsr  # noqa: F401  (import before basicsr)
 from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+
+from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
 KEYS = ['a', 'b', 'c']
 

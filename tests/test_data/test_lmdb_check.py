@@ -1,6 +1,5 @@
 """A truncated or damaged LMDB is an error naming it (and the option key), never a SIGBUS: checked when our datasets
 list an LMDB source and when BasicSR's LMDB backend opens one (stock datasets), with or without loader workers."""
-import allinone_basicsr  # noqa: F401  (import before basicsr)
 import os
 import re
 import shutil
@@ -10,12 +9,14 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from pipeline_util import run_python
+
+import allinone_basicsr  # noqa: F401  (import before basicsr)
+from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils import FileClient
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from pipeline_util import run_python
-
-from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
 
 KEYS = [f'im{i}' for i in range(6)]
 

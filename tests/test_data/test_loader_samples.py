@@ -14,10 +14,10 @@ from os import path as osp
 import cv2
 import lmdb
 import numpy as np
+import prepare_3task
 import pytest
 import yaml
 
-import prepare_3task
 from allinone_basicsr.data.mixed_degradation_dataset import MixedDegradationDataset, decode_image
 from allinone_basicsr.resume import SeededDataset, sample_seed
 

@@ -1,4 +1,3 @@
-import allinone_basicsr  # noqa: F401  (import before basicsr)
 import importlib.util
 import os
 from os import path as osp
@@ -6,10 +5,12 @@ from os import path as osp
 import lmdb
 import numpy as np
 import pytest
-from basicsr.utils import imfrombytes
 from skimage.metrics import peak_signal_noise_ratio
 
+import allinone_basicsr  # noqa: F401  (import before basicsr)
 from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+
+from basicsr.utils import imfrombytes
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -1,4 +1,3 @@
-import allinone_basicsr  # noqa: F401  (import before basicsr)
 import copy
 import os
 import pickle
@@ -10,11 +9,13 @@ import lmdb
 import numpy as np
 import pytest
 import torch
-from basicsr.data import build_dataset
-from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
+import allinone_basicsr  # noqa: F401  (import before basicsr)
 from allinone_basicsr.data.degradations import add_gaussian_noise, noise_rng
 from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+
+from basicsr.data import build_dataset
+from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
 CLASSES = ['noise', 'rain', 'haze']
 KEYS = ['img_a', 'img_b', 'img_c']

@@ -9,14 +9,13 @@ from pathlib import Path
 import cv2
 import lmdb
 import numpy as np
-import pytest
-import yaml
-
 import prepare_3task
 import prepare_5task
+import pytest
+import yaml
 from fake_raw import make_raw_3task, make_raw_5task
-from prep_util import PrepError, crop_boxes
 from pipeline_util import run_python
+from prep_util import PrepError, crop_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 

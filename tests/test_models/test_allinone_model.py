@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from allinone_basicsr.archs.arch_util import AfterStepArch, TaskLogitsArch
 from allinone_basicsr.metrics.routing_accuracy_metric import calculate_routing_accuracy
+
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from allinone_basicsr.archs.clip_tokens import CLIPTokenizer, hf_clip_to_open_clip_visual, tower_differences
-from basicsr.models import build_model
 from pipeline_util import run_python
 from test_convert import (TINY_CLIP, TINY_NETS, clip_tower, official_checkpoint, output, perturb, tiny_net,
                           write_official, write_open_clip_file)
+
+from allinone_basicsr.archs.clip_tokens import CLIPTokenizer, hf_clip_to_open_clip_visual, tower_differences
+
+from basicsr.models import build_model
 
 pytestmark = pytest.mark.filterwarnings('ignore:CLIP .* has random weights')
 

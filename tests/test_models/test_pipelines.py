@@ -4,9 +4,9 @@ import csv
 from pathlib import Path
 
 import pytest
-from pipeline_util import run_python as run
 import torch
 import yaml
+from pipeline_util import run_python as run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1,
@@ -79,6 +79,7 @@ def test_train_resume_and_test(workdir):
 
     # the table's numbers are the metric of the saved model's output, recomputed here in-process
     import allinone_basicsr  # noqa: F401
+
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY
     net = ARCH_REGISTRY.get('SymUNet')(**{k: v for k, v in TINY_NET.items() if k != 'type'}).eval()
     net.load_state_dict(torch.load(exp / 'models' / 'net_g_latest.pth')['params'])

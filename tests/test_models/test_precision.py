@@ -4,12 +4,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from test_allinone_model import TINY, batch, make_opt
 import torch
 import yaml
+from test_allinone_model import TINY, batch, make_opt
 
 from allinone_basicsr.models import precision
 from allinone_basicsr.option_check import check_options
+
 from basicsr.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]

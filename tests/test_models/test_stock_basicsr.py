@@ -6,9 +6,9 @@ import csv
 from pathlib import Path
 
 import pytest
-from pipeline_util import run_python as run
 import torch
 import yaml
+from pipeline_util import run_python as run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset, MixedDegradationDataset
+
 from basicsr.models import build_model
 
 

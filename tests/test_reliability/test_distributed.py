@@ -5,8 +5,8 @@ import csv
 from pathlib import Path
 
 import pytest
-from pipeline_util import run_python, run_torchrun
 import yaml
+from pipeline_util import run_python, run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 # archs with buffers: DaAIR's EMA controllers; PromptDSANet's randomly initialised ResNet, whose BatchNorm statistics

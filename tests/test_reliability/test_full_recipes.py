@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pipeline_util import run_torchrun
 import torch
 import yaml
+from pipeline_util import run_torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_FILES = sorted(p.name for p in (REPO / 'options').glob('train_*.yml'))

@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 from allinone_basicsr import _compat
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.resume import gather_rng_states, get_rng_states, load_resume_state, restore_rng_states
+
 from basicsr.data.prefetch_dataloader import CUDAPrefetcher
 from basicsr.models import build_model
 

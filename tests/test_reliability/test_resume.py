@@ -3,9 +3,9 @@ an earlier state when the newest one is corrupt, and after SIGKILLs -- ends with
 from pathlib import Path
 
 import pytest
-from pipeline_util import run_python as run
 import torch
 import yaml
+from pipeline_util import run_python as run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_blocks': [1, 1, 1],

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pipeline_util import run_python as run
 import torch
 import yaml
+from pipeline_util import run_python as run
 
 from allinone_basicsr.models import checkpoint_util
 
