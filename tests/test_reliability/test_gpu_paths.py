@@ -168,7 +168,7 @@ def test_one_host_sync_per_training_step(tmp_path, network, train):
                      'degradation': torch.tensor([0, 0, 2, 0])})  # class 1 absent: an expert with no sample
     with RecordHostReads() as record:
         model.optimize_parameters(1)
-    assert len(record.calls) == 1 and record.calls[0].startswith('item (allinone_model.py'), record.calls
+    assert len(record.calls) == 1 and record.calls[0].startswith('item (loss_guard.py'), record.calls
     log = model.get_current_log()  # the numbers, when the logger asks
     assert set(log) >= {'l_pix', 'l_fft'} and all(isinstance(v, float) for v in log.values())
 
