@@ -28,6 +28,7 @@ import yaml
 from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from .data.degradations import format_sigma
 from .data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
 from .models.optimization import optimizer_class, scheduler_class
 
@@ -686,7 +687,7 @@ def format_report(r):
     else:
         item('validation', 'at the end only' if r.val_sets else 'none')
     rows = [('set', 'class', 'σ', 'crop', 'images', 'counted from')]
-    rows += [(v.name, v.degradation, '' if v.noise_sigma is None else f'{v.noise_sigma:g}',
+    rows += [(v.name, v.degradation, '' if v.noise_sigma is None else format_sigma(v.noise_sigma),
               '' if not v.crop_to_multiple else f'×{v.crop_to_multiple}', '?' if v.images is None else _n(v.images),
               v.source) for v in r.val_sets]
     if r.val_sets:

@@ -12,7 +12,6 @@ one entry per rank), as tensors and plain numbers so it loads with ``weights_onl
 the CPU: the RNG setters need CPU byte tensors, and ``Optimizer.load_state_dict`` moves the optimizer state onto
 the parameters' device itself.
 """
-import hashlib
 import os
 import random
 import warnings
@@ -23,12 +22,12 @@ from torch.utils import data
 
 from basicsr.data import build_dataloader
 from basicsr.data.data_sampler import EnlargedSampler
+from .data.degradations import stable_seed
 
 
 def sample_seed(*parts):
-    """A 63-bit seed from integers (stable across processes and machines)."""
-    digest = hashlib.sha256('/'.join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
+    """A 63-bit seed from integers (stable across processes and machines): ``stable_seed`` of ``'a/b/c/d'``."""
+    return stable_seed('/'.join(str(int(p)) for p in parts))
 
 
 class ResumableSampler(EnlargedSampler):

@@ -105,11 +105,11 @@ def clip_vision_config(model_name, overrides=None):
 
 def _load_state_dict_file(path):
     """Read a CLIP weight file in any of the layouts listed in the module docstring; returns the visual keys."""
+    from ..models.checkpoint_util import load_checkpoint, strip_prefix
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         state = load_file(path)
     else:
-        from ..models.checkpoint_util import load_checkpoint
         try:
             state = load_checkpoint(path, key='network_g.clip_pretrained')  # weights only: runs nothing from the file
         except Exception as load_error:
@@ -122,7 +122,7 @@ def _load_state_dict_file(path):
     for wrapper in ('state_dict', 'model', 'params'):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    state = strip_prefix(state)
     if any(k.startswith('visual.') for k in state):
         state = {k[len('visual.'):]: v for k, v in state.items() if k.startswith('visual.')}
     return state

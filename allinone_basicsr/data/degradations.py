@@ -1,7 +1,8 @@
 """Synthetic degradations on HxWx3 uint8 RGB images (pure numpy / OpenCV).
 
 * ``add_gaussian_noise``: the noise model of the official PromptIR / SymUNet code (train and test).
-* ``noise_rng`` / ``stable_seed``: generators seeded from an image key, the same in every process and machine.
+* ``noise_rng`` / ``stable_seed``: generators seeded from an image key, the same in every process and machine;
+  ``format_sigma``: a noise level as it appears in seeds and names (``25``, ``12.5``).
 * ``add_rain`` / ``add_haze``: the synthetic rain streaks and haze of the bundled demo data set. They are
   moderate and smooth on purpose, so that a small network trained for a few minutes on CPU can learn to invert
   them; they are not a model of the Rain100L / RESIDE data.
@@ -27,7 +28,7 @@ def stable_seed(text):
     return int.from_bytes(digest[:8], 'little') >> 1
 
 
-def _sigma_str(sigma):
+def format_sigma(sigma):
     """``15``, ``15.0`` and ``np.float32(15)`` all give ``'15'``; ``12.5`` gives ``'12.5'``."""
     return f'{float(sigma):g}'
 
@@ -46,7 +47,7 @@ def noise_rng(key, sigma):
     Returns:
         np.random.Generator: A fresh PCG64 generator.
     """
-    return np.random.default_rng(stable_seed(f'{key}|{_sigma_str(sigma)}'))
+    return np.random.default_rng(stable_seed(f'{key}|{format_sigma(sigma)}'))
 
 
 def add_gaussian_noise(img, sigma, rng=None):

@@ -29,7 +29,7 @@ from torch.utils import data as data
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
-from .degradations import add_gaussian_noise, noise_rng
+from .degradations import add_gaussian_noise, format_sigma, noise_rng
 from .image_io import IMG_EXTENSIONS, to_bgr8
 from .lmdb_check import checked_lmdb
 
@@ -235,16 +235,12 @@ def to_tensor(img):
     return torch.from_numpy(out.transpose(2, 0, 1))
 
 
-def _sigma_suffix(sigma):
-    return f'_sigma{float(sigma):g}'
-
-
 def _noisy_name(path, sigma):
     """``/a/b.png`` -> ``/a/b_sigma25.png``; LMDB key ``b`` -> ``b_sigma25`` (basename stays unique per image)."""
     root, ext = osp.splitext(path)
     if ext.lower() not in IMG_EXTENSIONS:
         root, ext = path, ''
-    return f'{root}{_sigma_suffix(sigma)}{ext}'
+    return f'{root}_sigma{format_sigma(sigma)}{ext}'
 
 
 class _SourceReader:
@@ -309,6 +305,60 @@ def _check_sigma(where, sigma):
     return sigma
 
 
+class TaskSource:
+    """One task's images: a GT source plus either an LQ source paired by key (optionally through a ``gt_key_map``)
+    or a noise level, listed and checked once when built.
+
+    Args:
+        task (dict): ``dataroot_gt``, ``dataroot_lq`` or ``noise_sigma`` (exactly one), optional ``meta_info_file``
+            and ``gt_key_map`` (see ``MixedDegradationDataset``).
+        prefix (str): How error messages name the task's options, e.g. ``"datasets.train (name 'x'): tasks[0]."`` or
+            ``"datasets.val (name 'y'): "`` (the option key follows).
+        reader (_SourceReader): Shared reader; the task's LMDBs are registered with it.
+        owner (str): The task or dataset named in errors found when reading, e.g. ``"task 'rain'"``.
+
+    ``keys``: the sample keys (LQ keys, or GT keys for a noise task), sorted. ``read(key)`` returns
+    ``(img_lq, img_gt, lq_path, gt_path)``; for a noise task ``img_lq`` is None (the caller adds the noise, after any
+    crop) and ``lq_path`` is the GT's with a ``_sigma<σ>`` suffix.
+    """
+
+    def __init__(self, task, prefix, reader, owner):
+        self.reader, self.owner = reader, owner
+        if not task.get('dataroot_gt'):
+            raise ValueError(f'{prefix}dataroot_gt: missing')
+        if bool(task.get('dataroot_lq')) == (task.get('noise_sigma') is not None):
+            raise ValueError(f'{prefix}dataroot_lq, noise_sigma ({owner}): give either dataroot_lq or noise_sigma '
+                             '(exactly one)')
+        meta, key_map = task.get('meta_info_file'), task.get('gt_key_map')
+        # with a gt_key_map, meta_info_file lists LQ keys; the GT source lists all of its own
+        gt_lmdb, self.gt = list_source(task['dataroot_gt'], f'{prefix}dataroot_gt', None if key_map else meta)
+        self.gt_client = reader.register(task['dataroot_gt'], gt_lmdb)
+        self.lq, self.lq_client, self.sigma, self.gt_key = None, None, None, None
+        if task.get('dataroot_lq'):
+            lq_lmdb, self.lq = list_source(task['dataroot_lq'], f'{prefix}dataroot_lq', meta)
+            if key_map:
+                self.gt_key = read_gt_key_map(key_map, self.lq, self.gt, f'{prefix}gt_key_map')
+            else:
+                pair_sources(self.lq, self.gt, f'{prefix}dataroot_lq ({task["dataroot_lq"]})',
+                             f'{prefix}dataroot_gt ({task["dataroot_gt"]})')
+            self.lq_client = reader.register(task['dataroot_lq'], lq_lmdb)
+        else:
+            self.sigma = _check_sigma(f'{prefix}noise_sigma', task['noise_sigma'])
+        self.keys = list(self.lq if self.lq is not None else self.gt)
+
+    def read(self, key):
+        gt_path = self.gt[self.gt_key[key] if self.gt_key else key]
+        img_gt = self.reader.read(gt_path, self.gt_client)
+        if self.lq is None:
+            return None, img_gt, _noisy_name(gt_path, self.sigma), gt_path
+        lq_path = self.lq[key]
+        img_lq = self.reader.read(lq_path, self.lq_client)
+        if img_lq.shape != img_gt.shape:
+            raise ValueError(f'LQ {lq_path} {img_lq.shape[:2]} and GT {gt_path} {img_gt.shape[:2]} differ in size '
+                             f'({self.owner})')
+        return img_lq, img_gt, lq_path, gt_path
+
+
 @DATASET_REGISTRY.register()
 class MixedDegradationDataset(data.Dataset):
     """Training set mixing several restoration tasks (e.g. denoise σ15/25/50, derain, dehaze).
@@ -360,7 +410,7 @@ class MixedDegradationDataset(data.Dataset):
             raise ValueError(f'{where}: tasks: expected a non-empty list of task dicts, got {tasks!r}')
 
         self.reader = _SourceReader()
-        self.tasks = []  # dicts: name, degradation (index), sigma, keys, gt {key: path}, lq {key: path} or None
+        self.tasks = []  # dicts: name, degradation (index), repeat, source (TaskSource), keys
         self.offsets = []  # first global index of each task
         total = 0
         for i, task in enumerate(tasks):
@@ -372,31 +422,11 @@ class MixedDegradationDataset(data.Dataset):
                 raise ValueError(f'{tw}: unknown option(s) {unknown}; valid: {sorted(TASK_KEYS)}')
             name = str(task.get('name', f'task{i}'))
             label = _degradation_index(tw, task.get('degradation'), self.degradation_classes)
-            if not task.get('dataroot_gt'):
-                raise ValueError(f'{tw}.dataroot_gt: missing')
-            has_lq, has_sigma = bool(task.get('dataroot_lq')), task.get('noise_sigma') is not None
-            if has_lq == has_sigma:
-                raise ValueError(f'{tw} ({name}): give either dataroot_lq or noise_sigma (exactly one)')
             repeat = task.get('repeat', 1)
             if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
                 raise ValueError(f'{tw}.repeat: expected an integer >= 1, got {repeat!r}')
-            meta = task.get('meta_info_file')
-            # with a gt_key_map, meta_info_file lists LQ keys; the GT source lists all of its own
-            gt_lmdb, gt = list_source(task['dataroot_gt'], f'{tw}.dataroot_gt',
-                                      None if task.get('gt_key_map') else meta)
-            entry = dict(name=name, degradation=label, sigma=None, gt=gt, lq=None, repeat=repeat,
-                         gt_client=self.reader.register(task['dataroot_gt'], gt_lmdb), lq_client=None)
-            if has_lq:
-                lq_lmdb, lq = list_source(task['dataroot_lq'], f'{tw}.dataroot_lq', meta)
-                if task.get('gt_key_map'):
-                    entry['gt_key'] = read_gt_key_map(task['gt_key_map'], lq, gt, f'{tw}.gt_key_map')
-                else:
-                    pair_sources(lq, gt, f'{tw}.dataroot_lq ({task["dataroot_lq"]})',
-                                 f'{tw}.dataroot_gt ({task["dataroot_gt"]})')
-                entry.update(lq=lq, lq_client=self.reader.register(task['dataroot_lq'], lq_lmdb))
-            else:
-                entry['sigma'] = _check_sigma(f'{tw}.noise_sigma', task['noise_sigma'])
-            entry['keys'] = list(entry['lq'] if entry['lq'] is not None else gt)
+            source = TaskSource(task, f'{tw}.', self.reader, f"task '{name}'")
+            entry = dict(name=name, degradation=label, repeat=repeat, source=source, keys=source.keys)
             self.tasks.append(entry)
             self.offsets.append(total)
             total += len(entry['keys']) * repeat
@@ -415,16 +445,10 @@ class MixedDegradationDataset(data.Dataset):
 
     def __getitem__(self, index):
         task, key = self.locate(index)
-        gt_path = task['gt'][task['gt_key'][key] if 'gt_key' in task else key]
-        img_gt = self.reader.read(gt_path, task['gt_client'])
-        if task['lq'] is not None:
-            lq_path = task['lq'][key]
-            img_lq = self.reader.read(lq_path, task['lq_client'])
-            if img_lq.shape != img_gt.shape:
-                raise ValueError(f'LQ {lq_path} {img_lq.shape[:2]} and GT {gt_path} {img_gt.shape[:2]} differ in size '
-                                 f"(task '{task['name']}')")
-        else:
-            lq_path, img_lq = _noisy_name(gt_path, task['sigma']), img_gt
+        source = task['source']
+        img_lq, img_gt, lq_path, gt_path = source.read(key)
+        if img_lq is None:
+            img_lq = img_gt
 
         h, w = img_gt.shape[:2]
         if h < self.gt_size or w < self.gt_size:
@@ -433,8 +457,8 @@ class MixedDegradationDataset(data.Dataset):
         img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.gt_size, 1, gt_path)
         # own contiguous copies of the crops (augment flips in place; raw entries are read-only views)
         img_gt, img_lq = np.array(img_gt, order='C'), np.array(img_lq, order='C')
-        if task['sigma'] is not None:
-            img_lq = add_gaussian_noise(img_gt, task['sigma'])  # numpy's global RNG (seeded per sample in training)
+        if source.sigma is not None:
+            img_lq = add_gaussian_noise(img_gt, source.sigma)  # numpy's global RNG (seeded per sample in training)
         img_gt, img_lq = augment([img_gt, img_lq], self.use_hflip, self.use_rot)
 
         return {
@@ -485,45 +509,22 @@ class AllInOneTestDataset(data.Dataset):
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
             raise ValueError(f'{where}: crop_to_multiple: expected a positive integer or null, got {crop!r}')
         self.crop_to_multiple = crop
-        if not opt.get('dataroot_gt'):
-            raise ValueError(f'{where}: dataroot_gt: missing')
-        has_lq, has_sigma = bool(opt.get('dataroot_lq')), opt.get('noise_sigma') is not None
-        if has_lq == has_sigma:
-            raise ValueError(f'{where}: give either dataroot_lq or noise_sigma (exactly one)')
-        meta = opt.get('meta_info_file')
         self.reader = _SourceReader()
-        gt_lmdb, self.gt = list_source(opt['dataroot_gt'], f'{where}: dataroot_gt', meta)
-        self.gt_client = self.reader.register(opt['dataroot_gt'], gt_lmdb)
-        self.lq, self.lq_client, self.sigma = None, None, None
-        if has_lq:
-            lq_lmdb, self.lq = list_source(opt['dataroot_lq'], f'{where}: dataroot_lq', meta)
-            pair_sources(self.lq, self.gt, f'{where}: dataroot_lq ({opt["dataroot_lq"]})',
-                         f'{where}: dataroot_gt ({opt["dataroot_gt"]})')
-            self.lq_client = self.reader.register(opt['dataroot_lq'], lq_lmdb)
-        else:
-            self.sigma = _check_sigma(f'{where}: noise_sigma', opt['noise_sigma'])
-        self.keys = list(self.gt)
+        self.source = TaskSource(opt, f'{where}: ', self.reader, f"dataset '{opt.get('name')}'")
+        self.keys = self.source.keys
 
     def __len__(self):
         return len(self.keys)
 
     def __getitem__(self, index):
         key = self.keys[index]
-        gt_path = self.gt[key]
-        img_gt = self.reader.read(gt_path, self.gt_client)
-        if self.lq is not None:
-            lq_path = self.lq[key]
-            img_lq = self.reader.read(lq_path, self.lq_client)
-            if img_lq.shape != img_gt.shape:
-                raise ValueError(f'LQ {lq_path} {img_lq.shape[:2]} and GT {gt_path} {img_gt.shape[:2]} differ in size '
-                                 f"(dataset '{self.opt.get('name')}')")
+        img_lq, img_gt, lq_path, gt_path = self.source.read(key)
         if self.crop_to_multiple:
             img_gt = center_crop_to_multiple(img_gt, self.crop_to_multiple)
-            if self.lq is not None:
+            if img_lq is not None:
                 img_lq = center_crop_to_multiple(img_lq, self.crop_to_multiple)
-        if self.lq is None:
-            lq_path = _noisy_name(gt_path, self.sigma)
-            img_lq = add_gaussian_noise(img_gt, self.sigma, noise_rng(key, self.sigma))
+        if img_lq is None:
+            img_lq = add_gaussian_noise(img_gt, self.source.sigma, noise_rng(key, self.source.sigma))
         return {
             'lq': to_tensor(img_lq),
             'gt': to_tensor(img_gt),

@@ -97,6 +97,13 @@ class MetricTable:
         self.name, self.folder, self.expected = name, folder, list(expected)
         self.iteration, self.rows = None, OrderedDict()
 
+    @classmethod
+    def for_run(cls, opt):
+        """The table of a training run (in its experiment folder) or test run (results folder), expecting every
+        ``val*`` / ``test*`` set of ``opt['datasets']``."""
+        expected = [k for k in opt['datasets'] if k.split('_')[0] in ('val', 'test')]
+        return cls(opt['name'], opt['path']['experiments_root' if opt['is_train'] else 'results_root'], expected)
+
     def add(self, iteration, row):
         if self.iteration != iteration or len(self.rows) >= len(self.expected):
             self.iteration, self.rows = iteration, OrderedDict()

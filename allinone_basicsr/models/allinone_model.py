@@ -16,11 +16,12 @@ from ..archs.arch_util import AfterStepArch, has_task_logits
 from ..metrics.metric_table import MetricTable, SetScores, set_row
 from ..metrics.routing_accuracy_metric import routing_vote
 from ..resume import restore_rng_states, resume_with_changed_schedule, training_state
-from .checkpoint_util import atomic_torch_save, check_state_dict_fits, extract_state_dict, load_checkpoint
+from .checkpoint_util import (atomic_torch_save, check_state_dict_fits, extract_state_dict, load_checkpoint,
+                              save_network_file)
 from .distributed import broadcast_buffers, gather_scores, match_gradient_strides, shard
-from .loss_guard import NonFiniteGuard, check_labels
+from .loss_guard import DeferredLog, NonFiniteGuard, check_labels
 from .optimization import optimizer_class, scheduler_class
-from .precision import EvalPrecision, TrainPrecision
+from .precision import EvalPrecision, TrainPrecision, without_cudnn_autotuning
 
 
 @MODEL_REGISTRY.register()
@@ -135,24 +136,11 @@ class AllInOneModel(SRModel):
         if self.cri_cls is not None:  # share of the batch whose router vote is right (logged, not a loss)
             votes = routing_vote([lg.detach() for lg in task_logits])
             pending['route_acc'] = (votes == self.degradation).float().mean()
-        self._pending_log = pending  # turned into numbers when read (log_dict), not here: no sync in the step
+        self._pending_log = pending  # numbers when log_dict is read
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
-    @property
-    def log_dict(self):
-        """The last step's losses (and ``route_acc``) as numbers, averaged over the ranks (BasicSR's
-        ``reduce_loss_dict``). Computed when read -- the training loop reads it every ``print_freq`` iterations, on
-        every rank -- so the training step itself never waits for the device."""
-        pending = self.__dict__.pop('_pending_log', None)
-        if pending is not None:
-            self.__dict__['_log_values'] = self.reduce_loss_dict(pending)
-        return self.__dict__.get('_log_values', OrderedDict())
-
-    @log_dict.setter
-    def log_dict(self, values):
-        self.__dict__.pop('_pending_log', None)
-        self.__dict__['_log_values'] = values
+    log_dict = DeferredLog()  # read when logged: no device sync in the step
 
     def model_ema(self, decay=0.999):
         """BasicSR's EMA of the parameters, plus the same EMA of floating-point buffers (e.g. DaAIR's controllers,
@@ -183,14 +171,10 @@ class AllInOneModel(SRModel):
     # ------------------------------------------------------------------ saving
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        nets = net if isinstance(net, list) else [net]
-        keys = param_key if isinstance(param_key, list) else [param_key]
-        save_dict = {}
-        for net_, key in zip(nets, keys):
-            state = self.get_bare_model(net_).state_dict()
-            save_dict[key] = {k[7:] if k.startswith('module.') else k: v.cpu() for k, v in state.items()}
+        nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
         name = 'latest' if current_iter == -1 else current_iter
-        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
+        save_network_file({key: self.get_bare_model(n).state_dict() for n, key in zip(nets, keys)},
+                          osp.join(self.opt['path']['models'], f'{net_label}_{name}.pth'))
 
     def save_training_state(self, epoch, current_iter):
         """The training state (``resume.training_state``: every rank calls this; rank 0 writes), atomically."""
@@ -221,17 +205,10 @@ class AllInOneModel(SRModel):
         broadcast_buffers(self._eval_net())
         self._validate(dataloader, current_iter, tb_logger, save_img, self.opt['rank'], self.opt['world_size'])
 
+    @without_cudnn_autotuning  # test images come in many sizes
     def _validate(self, dataloader, current_iter, tb_logger, save_img, rank, world_size):
         """Score images ``rank, rank + world_size, ...`` of the set, gather, average in image order, log and tabulate
-        (the same on every rank). cuDNN autotuning is off meanwhile: test images come in many sizes."""
-        benchmark = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = False
-        try:
-            self._validate_set(dataloader, current_iter, tb_logger, save_img, rank, world_size)
-        finally:
-            torch.backends.cudnn.benchmark = benchmark
-
-    def _validate_set(self, dataloader, current_iter, tb_logger, save_img, rank, world_size):
+        (the same on every rank)."""
         dataset_opt = dataloader.dataset.opt
         name, val_opt = dataset_opt['name'], self.opt['val']
         metrics = val_opt.get('metrics') or {}
@@ -269,8 +246,6 @@ class AllInOneModel(SRModel):
             self._update_best_metric_result(name, metric, value, current_iter)
         self._log_validation_metric_values(current_iter, name, tb_logger)
         if not hasattr(self, '_table'):  # one table per round of every val/test set
-            expected = [k for k in self.opt['datasets'] if k.split('_')[0] in ('val', 'test')]
-            self._table = MetricTable(self.opt['name'], self.opt['path'][
-                'experiments_root' if self.opt['is_train'] else 'results_root'], expected)
+            self._table = MetricTable.for_run(self.opt)
         self._table.add(current_iter, set_row(name, dataset_opt.get('degradation', ''), count, self.metric_results,
                                               self._input_scores.get(name, {})))

@@ -113,7 +113,15 @@ def split_embedded(state):
     return own
 
 
-def _strip_prefix(state, prefix):
+def save_network_file(states, path):
+    """BasicSR's network file, ``{param_key: state_dict}``: tensors on the CPU, without DDP's ``module.`` prefix,
+    written atomically."""
+    atomic_torch_save({key: {k: v.cpu() for k, v in strip_prefix(state).items()} for key, state in states.items()},
+                      path)
+
+
+def strip_prefix(state, prefix='module.'):
+    """``state`` without ``prefix`` (DDP's ``module.`` by default) when every key has it; otherwise unchanged."""
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
     return state
@@ -149,7 +157,7 @@ def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
         raise ValueError(f'{path}: unknown checkpoint layout; top-level keys: {sorted(map(str, ckpt))[:20]}. '
                          'Known layouts: BasicSR {"params"/"params_ema": state_dict}, Lightning '
                          '{"state_dict": {"net.<key>": ...}} (official PromptIR), or a bare state_dict.')
-    return split_embedded(_strip_prefix(state, 'module.'))
+    return split_embedded(strip_prefix(state))
 
 
 def check_state_dict_fits(net, state, strict, load_path):

@@ -1,5 +1,7 @@
-"""The training step's guards: non-finite losses (``train.max_nonfinite_steps``) and labels out of range."""
+"""The training step's guards (non-finite losses: ``train.max_nonfinite_steps``; labels out of range) and its loss
+log, turned into numbers only when the logger reads it."""
 import os
+from collections import OrderedDict
 
 import torch
 
@@ -39,3 +41,22 @@ def check_labels(labels, num_classes, arch):
     if labels and not all(0 <= label < num_classes for label in labels):
         raise ValueError(f'degradation label {max(labels)} out of range for the {num_classes} classes of {arch}: '
                          'datasets.train.degradation_classes and the arch (num_experts / num_classes) disagree')
+
+
+class DeferredLog:
+    """The model's ``log_dict``: the last step's losses (and ``route_acc``) as numbers, averaged over the ranks
+    (BasicSR's ``reduce_loss_dict``). The step stores device tensors in ``model._pending_log``; they are read when
+    ``log_dict`` is -- the training loop reads it every ``print_freq`` iterations, on every rank -- so the training
+    step itself never waits for the device. Assigning ``log_dict`` (plain numbers) drops what is pending."""
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        pending = model.__dict__.pop('_pending_log', None)
+        if pending is not None:
+            model.__dict__['_log_values'] = model.reduce_loss_dict(pending)
+        return model.__dict__.get('_log_values', OrderedDict())
+
+    def __set__(self, model, values):
+        model.__dict__.pop('_pending_log', None)
+        model.__dict__['_log_values'] = values

@@ -11,10 +11,25 @@
   continues eagerly in float32 semantics as configured.
 """
 import contextlib
+import functools
 
 import torch
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def without_cudnn_autotuning(fn):
+    """Runs ``fn`` with ``torch.backends.cudnn.benchmark`` off, then restores it (validation and test: images of many
+    sizes would each be autotuned)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+    return wrapper
 
 
 def amp_dtype(value, key):

@@ -408,3 +408,48 @@ def test_meta_info_keys_with_dots_keep_their_dots():
     assert strip_image_extension('0025_0.8_0.04.png') == '0025_0.8_0.04'
     assert strip_image_extension('0025_0.8_0.04') == '0025_0.8_0.04'  # a bare key (subset lists)
     assert strip_image_extension('a.JPG') == 'a'
+
+
+def test_error_missing_gt_and_lq_gt_size_mismatch_name_the_option_and_task(data, tmp_path):
+    """Both dataset classes check their task through the one TaskSource: the same messages, naming where."""
+    opt = _train_opt(data)
+    del opt['tasks'][1]['dataroot_gt']
+    with pytest.raises(ValueError, match=r"^datasets.train \(name 'allinone'\): tasks\[1\].dataroot_gt: missing$"):
+        MixedDegradationDataset(opt)
+    with pytest.raises(ValueError, match=r"^datasets.val \(name 'test_noise'\): dataroot_gt: missing$"):
+        AllInOneTestDataset(_test_opt(data, dataroot_gt=None))
+    opt = _train_opt(data)
+    opt['tasks'][2]['noise_sigma'] = 5  # both
+    with pytest.raises(ValueError, match=r"tasks\[2\].dataroot_lq, noise_sigma \(task 'dehaze'\): give either"):
+        MixedDegradationDataset(opt)
+    small = _write_folder(tmp_path / 'lq_small', _images(1, h=40, w=40))  # GT is 40x48
+    opt = _train_opt(data, 'folder')
+    opt['tasks'][2]['dataroot_lq'] = small
+    train = MixedDegradationDataset(opt)
+    with pytest.raises(ValueError, match=r"LQ .*img_a.png \(40, 40\) and GT .*img_a.png \(40, 48\) differ in size "
+                                         r"\(task 'dehaze'\)"):
+        train[len(train) - len(KEYS) * 2]  # the dehaze task's first image (3 keys x repeat 2, at the end)
+    test = AllInOneTestDataset(_test_opt(data, 'folder', noise_sigma=None, degradation='haze', dataroot_lq=small))
+    with pytest.raises(ValueError, match=r"differ in size \(dataset 'test_noise'\)"):
+        test[0]
+
+
+def test_train_and_test_sets_read_a_task_alike(data):
+    """The same paired task read by the training set (gt_size = the image, no flips) and the test set: same pixels,
+    paths and label."""
+    h, w = next(iter(data['gt_img'].values())).shape[:2]
+    train = MixedDegradationDataset(_train_opt(data, gt_size=min(h, w), use_hflip=False, use_rot=False, tasks=[
+        {'name': 'dehaze', 'degradation': 'haze', 'dataroot_lq': data['lq_lmdb'], 'dataroot_gt': data['gt_lmdb']}]))
+    test = AllInOneTestDataset(_test_opt(data, noise_sigma=None, degradation='haze', dataroot_lq=data['lq_lmdb'],
+                                         task='dehaze'))
+    assert len(train) == len(test) == len(KEYS)
+    for i, key in enumerate(KEYS):
+        a, b = train[i], test[i]
+        assert (a['lq_path'], a['gt_path'], a['degradation'], a['task']) == (b['lq_path'], b['gt_path'], 2, 'dehaze')
+        assert a['lq_path'] == key
+        # the training crop is a window of the test image (gt_size = the shorter side)
+        crop_h, crop_w = a['gt'].shape[1:]
+        found = any(torch.equal(b['gt'][:, y:y + crop_h, x:x + crop_w], a['gt']) and
+                    torch.equal(b['lq'][:, y:y + crop_h, x:x + crop_w], a['lq'])
+                    for y in range(h - crop_h + 1) for x in range(w - crop_w + 1))
+        assert found
