@@ -190,3 +190,31 @@ def test_to_channels_last_converts_the_4d_tensors_only():
     assert net.table.is_contiguous(memory_format=torch.channels_last)
     assert net.prompt.is_contiguous() and isinstance(net.prompt, torch.nn.Parameter)
     assert sorted(n for n, _ in net.named_parameters()) == ['0.bias', '0.weight', '1.bias', '1.weight', 'prompt']
+
+
+def test_steps_call_a_wrapper_without_truth_value():
+    """torch.compile's wrapper raises on len(), so a step that tested ``run or net`` failed for every compiled
+    model; both steps run through the wrapper, and the bf16 train step updates the float32 master weights."""
+    import torch
+
+    class NoTruth(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+        def __len__(self):
+            raise TypeError('no len()')
+
+    net = torch.nn.Conv2d(3, 3, 1)
+    x = torch.rand(1, 3, 4, 4)
+    for bf16 in (False, True):
+        opt = torch.optim.AdamW(net.parameters(), 1e-2)
+        train, infer = speed._step_fns(torch, net, x, torch.zeros_like(x), opt, torch.device('cpu'), bf16,
+                                       NoTruth(net))
+        before = net.weight.detach().clone()
+        train()
+        infer()
+        assert net.weight.dtype == torch.float32 and not torch.equal(before, net.weight)
