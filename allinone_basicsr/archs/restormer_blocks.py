@@ -127,7 +127,8 @@ class MDTA(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x):
-        q, k, v = self.qkv_dwconv(self.qkv(channels_last(x))).chunk(3, dim=1)
+        qkv = pointwise_conv(channels_last(x), self.qkv.weight, self.qkv.bias)
+        q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
         return attend_and_project(v, channel_attention(q, k, self.num_heads, self.temperature), self.project_out)
 
 
@@ -182,9 +183,11 @@ def _bfloat16_channel_attention(q, k, temperature, eps):
 def _per_head_matmul(a, b, out):
     """``a @ b`` into ``out``, all (B, heads, ·, ·), as one ``torch.mm`` per sample and head: BLAS takes each
     head's strided matrix of a channels-last map as it is (a leading dimension), whereas ``bmm`` copies operands
-    whose batch stride is not a whole matrix, as the heads of a channels-last map are. Other devices: one batched
-    matmul (a loop of small kernel launches would cost more there than the copies)."""
-    if a.device.type != 'cpu':
+    whose batch stride is not a whole matrix, as the heads of a channels-last map are. Several heads of maps under
+    2048 pixels, and other devices: one batched matmul (a loop of small calls or kernel launches would cost more
+    than the copies)."""
+    if a.device.type != 'cpu' or (a.shape[1] > 1 and max(a.shape[-2:]) < 2048):
+        # several heads of small maps: one batched matmul, whose copies cost less than a call per head
         return out.copy_(a @ b)
     for a_i, b_i, out_i in zip(a.unbind(0), b.unbind(0), out.unbind(0)):
         for a_ij, b_ij, out_ij in zip(a_i.unbind(0), b_i.unbind(0), out_i.unbind(0)):
@@ -297,21 +300,53 @@ def attend_and_project(v, attn, project_out):
     """``project_out(attn · v)``: v's channels mixed per head by ``attn`` (B, heads, d, d), then the 1×1
     ``project_out`` conv, applied as one 1×1 convolution with the folded C×C matrix ``W_out · blockdiag(attn)``."""
     b, c, h, w = v.shape
+    if b == 1 and v.device.type == 'cpu' and _low_precision(v):
+        return _attend_and_project_one_sample(v, attn, project_out)
     heads, d = attn.shape[1], attn.shape[2]
     weight = project_out.weight.view(-1, heads, d)
     folded = torch.einsum('ohi,bhij->bohj', weight, attn).reshape(b, -1, c)  # (B, C_out, C) per sample
-    if b == 1 and v.device.type == 'cpu' and _low_precision(v):
-        # bfloat16 / float16: one matmul on v's strided (HW, C) view, no channels-last copy of the channel slice v
-        # (BLAS takes the leading dimension; the convolution below needs a dense input), output channels-last
-        y = torch.mm(_pixels_by_channels(v, 1).reshape(h * w, c), folded[0].t())
-        if project_out.bias is not None:
-            y = y + project_out.bias.to(y.dtype)
-        return y.view(1, h, w, -1).permute(0, 3, 1, 2)
     if b == 1:
         return F.conv2d(channels_last(v), folded.view(-1, c, 1, 1), project_out.bias)
     y = _pixels_by_channels(v, 1).flatten(2) @ folded.transpose(1, 2)  # (B, HW, C_out)
     if project_out.bias is not None:
         y = y + project_out.bias
+    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _attend_and_project_one_sample(v, attn, project_out):
+    """``attend_and_project`` of one sample in bfloat16 / float16 on the CPU, in as few operations as possible (at
+    small sizes the per-operation cost dominates): the folded matrix by one matmul (per head), then one matmul on
+    v's strided (HW, C) view, with no channels-last copy of the channel slice v (BLAS takes the leading
+    dimension; a convolution needs a dense input); the output is channels-last."""
+    _, c, h, w = v.shape
+    heads, d = attn.shape[1], attn.shape[2]
+    if heads == 1:
+        folded = torch.mm(project_out.weight.view(-1, d), attn.view(d, d))  # (C_out, C)
+    else:
+        weight = project_out.weight.view(-1, heads, d).transpose(0, 1)  # (heads, C_out, d)
+        folded = torch.bmm(weight, attn.view(heads, d, d)).transpose(0, 1).reshape(-1, c)
+    y = torch.mm(_pixels_by_channels(v, 1).reshape(h * w, c), folded.t())
+    if project_out.bias is not None:
+        y = y + project_out.bias.to(y.dtype)
+    return y.view(1, h, w, -1).permute(0, 3, 1, 2)
+
+
+def pointwise_conv(x, weight, bias=None):
+    """1×1 convolution of ``x``; ``weight`` is (C_out, C_in, 1, 1).
+
+    bfloat16 / float16 on the CPU, on a dense channels-last map of at most 32×32 pixels: one matmul on the
+    (pixels, C_in) view instead, which is the same product without oneDNN's per-call reordering of the weights (at
+    the deep levels the weights are as large as the maps: 510×192 or 1021×384 against 1024 or 256 pixels), ~15–30%
+    less time forward + backward there. Elsewhere (and always in float32, whose results stay bit for bit those of
+    the convolution): ``F.conv2d``.
+    """
+    b, c, h, w = x.shape
+    if (h * w > 1024 or x.device.type != 'cpu' or not _low_precision(x)
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return F.conv2d(x, weight, bias)
+    y = torch.mm(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight.view(weight.shape[0], c).t())
+    if bias is not None:
+        y = y + bias.to(y.dtype)
     return y.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -337,15 +372,17 @@ class GDFN(nn.Module):
         its half of the weights. ``chunk`` splits every weight once, so in the backward pass the two halves'
         gradients are joined by one concatenation per weight (slicing each half on its own zero-pads both
         gradients to the full weight and adds them)."""
-        splits = [None if t is None else t.chunk(2) for t in
-                  (self.project_in.weight, self.project_in.bias, self.dwconv.weight, self.dwconv.bias)]
-        w_in, b_in, w_dw, b_dw = (s or (None, None) for s in splits)
-        return [F.conv2d(F.conv2d(x, w_in[i], b_in[i]), w_dw[i], b_dw[i], padding=1, groups=self.hidden)
+        params = (self.project_in.weight, self.project_in.bias, self.dwconv.weight, self.dwconv.bias)
+        if _autocast_enabled(x.device.type):  # one cast per weight, not one per half (each half is a new tensor)
+            params = [None if t is None else t.to(torch.get_autocast_dtype(x.device.type)) for t in params]
+        w_in, b_in, w_dw, b_dw = (None if t is None else t.chunk(2) for t in params)
+        b_in, b_dw = b_in or (None, None), b_dw or (None, None)
+        return [F.conv2d(pointwise_conv(x, w_in[i], b_in[i]), w_dw[i], b_dw[i], padding=1, groups=self.hidden)
                 for i in (0, 1)]
 
     def forward(self, x):
         gate, value = self._halves(channels_last(x))
-        return self.project_out(F.gelu(gate) * value)
+        return pointwise_conv(F.gelu(gate) * value, self.project_out.weight, self.project_out.bias)
 
 
 class TransformerBlock(nn.Module):

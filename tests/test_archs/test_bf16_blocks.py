@@ -141,3 +141,30 @@ def test_qkv_gradient_stays_channels_last_under_bf16_autocast():
     assert len(seen) == 1 and seen[0].dtype == torch.bfloat16
     assert seen[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.isfinite(x.grad).all() and x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_pointwise_conv_is_the_1x1_convolution(bias):
+    """``pointwise_conv``: in bfloat16 on a small channels-last map a matmul on the (pixels, C) view, elsewhere
+    ``F.conv2d``; the matmul gives the convolution's values and gradients (bfloat16 rounding apart) and a
+    channels-last output; float32, NCHW and large maps take the convolution itself, bit for bit."""
+    torch.manual_seed(0)
+    w = torch.randn(24, 16, 1, 1, requires_grad=True)
+    b = torch.randn(24, requires_grad=True) if bias else None
+    x = torch.randn(2, 16, 8, 12).contiguous(memory_format=torch.channels_last)
+    for shape, fmt in (((2, 16, 8, 12), torch.contiguous_format), ((1, 16, 40, 40), torch.channels_last)):
+        big = torch.randn(shape).contiguous(memory_format=fmt).bfloat16()  # NCHW, or over 1024 pixels
+        assert torch.equal(restormer_blocks.pointwise_conv(big, w.bfloat16(), None), F.conv2d(big, w.bfloat16()))
+    assert torch.equal(restormer_blocks.pointwise_conv(x, w, b), F.conv2d(x, w, b))  # float32
+    grads = []
+    for fn in (restormer_blocks.pointwise_conv, F.conv2d):
+        xi = x.bfloat16().requires_grad_()
+        params = [w] + ([b] if bias else [])
+        for p in params:
+            p.grad = None
+        y = fn(xi, w.bfloat16(), None if b is None else b.bfloat16())
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append([y.detach()] + [t.grad.clone() for t in [xi] + params])
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(*grads):
+        assert _rel(got, want) < 1e-2
