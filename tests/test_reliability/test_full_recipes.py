@@ -6,13 +6,10 @@ pretrained weight files (CLIP, ResNet-50) replaced by random init; 3 iterations 
 iteration 2 and the final validation at 3. Then ``--auto_resume`` from iteration 2 runs iteration 3 again and must end
 with the same weights and the same validation table.
 
-One file runs per *structure*: files whose model, network, training options (losses, optimizer, EMA, teacher forcing;
-the schedule's lengths aside) and single- or multi-task data are equal run the same code under DDP, so the first of
-them stands for the rest (e.g. ``train_symunet_5task.yml`` for ``train_symunet.yml``: other sets, same run). Every
-file's train and val datasets are still built from the tiny tree (``test_every_train_file_reads_the_prepared_tree``),
-and tests/test_recipe.py checks every file's schedule and data against its protocol."""
+Every file's train and val datasets are also built from the tiny tree and give a label of the training classes
+(``test_every_train_file_reads_the_prepared_tree``); tests/test_recipe.py checks every file's schedule and data
+against its protocol."""
 import csv
-import json
 import re
 import shutil
 from pathlib import Path
@@ -25,32 +22,11 @@ from pipeline_util import run_torchrun
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_FILES = sorted(p.name for p in (REPO / 'options').glob('train_*.yml'))
 PRETRAINED = ('clip_pretrained', 'prompt_net_pretrained')
-SCHEDULE_KEYS = ('total_iter', 'scheduler', 'warmup_iter')
 
 
 def _load(option_file):
     with open(REPO / 'options' / option_file) as f:
         return yaml.safe_load(f)
-
-
-def structure(opt):
-    """What decides the code a two-rank run goes through: everything but names, data paths and schedule lengths."""
-    network = {k: v for k, v in opt['network_g'].items() if k not in PRETRAINED}
-    train = {k: v for k, v in opt['train'].items() if k not in SCHEDULE_KEYS}
-    one_task = len(opt['datasets']['train']['tasks']) == 1  # one batch per epoch on the tiny tree: epoch boundaries
-    return json.dumps([opt.get('model_type'), network, train, one_task, opt.get('find_unused_parameters'),
-                       sorted(opt['val'].get('metrics') or {})], sort_keys=True)
-
-
-def _representatives():
-    """{first file of each structure: the other files of that structure}."""
-    groups = {}
-    for name in TRAIN_FILES:
-        groups.setdefault(structure(_load(name)), []).append(name)
-    return {files[0]: files[1:] for files in groups.values()}
-
-
-REPRESENTATIVES = _representatives()
 
 
 @pytest.fixture(scope='module')
@@ -81,20 +57,6 @@ def read_table(path):
         return list(csv.DictReader(f))
 
 
-def test_structures_group_only_files_that_differ_in_names_data_and_schedule():
-    """The grouping is not vacuous: it keeps apart what changes the run (ablation switches, a classification loss, an
-    optimizer) and joins only files that differ in sets and schedule lengths."""
-    assert sorted(sum(([k] + v for k, v in REPRESENTATIVES.items()), [])) == TRAIN_FILES  # each file in one group
-    assert REPRESENTATIVES['train_symunet.yml'] == ['train_symunet_5task.yml']
-    assert REPRESENTATIVES['train_se_symunet.yml'] == ['train_se_symunet_5task.yml']
-    for name in ('train_daair.yml', 'train_daair_denoise.yml', 'train_promptir_promptdsanet_protocol.yml') + tuple(
-            f'train_daair_ablation_{x}.yml' for x in ('a', 'b', 'c', 'd', 'baseline')):
-        assert name in REPRESENTATIVES, name  # a structure of its own
-    opt = _load('train_symunet_5task.yml')
-    opt['train']['optim_g']['type'] = 'Adam'
-    assert structure(opt) != structure(_load('train_symunet.yml'))
-
-
 @pytest.mark.parametrize('option_file', TRAIN_FILES)
 def test_every_train_file_reads_the_prepared_tree(tree, option_file, monkeypatch):
     """Each file's train and val datasets build from the tiny tree in the layout it names (paths, key lists, maps)
@@ -112,8 +74,7 @@ def test_every_train_file_reads_the_prepared_tree(tree, option_file, monkeypatch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('option_file', sorted(REPRESENTATIVES),
-                         ids=[f'{k}(+{len(v)})' if v else k for k, v in sorted(REPRESENTATIVES.items())])
+@pytest.mark.parametrize('option_file', TRAIN_FILES)
 def test_full_recipe_trains_validates_and_resumes_on_two_ranks(tree, option_file):
     name = f'smoke_{option_file[len("train_"):-len(".yml")]}'
     opt = smoke_options(option_file, name)
