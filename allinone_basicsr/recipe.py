@@ -28,6 +28,7 @@ import yaml
 from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
+from .archs.arch_util import missing_task_logits
 from .data.degradations import format_sigma
 from .data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
 from .models.optimization import optimizer_class, scheduler_class
@@ -443,10 +444,9 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
     arch_type = (opt.get('network_g') or {}).get('type')
     arch = ARCH_REGISTRY.get(arch_type) if arch_type in ARCH_REGISTRY else None
     network = network_options(opt.get('network_g') or {}, arch)
-    if 'cls_opt' in losses and getattr(arch, 'has_task_logits', None) is False:
-        notes.append(f'train.cls_opt is ignored in training: arch {arch_type} has no task logits')
-    elif 'cls_opt' in losses and network.get('specialised_experts') is False:
-        notes.append(f'train.cls_opt is ignored in training: {arch_type} without specialised_experts has no routers')
+    missing = missing_task_logits(arch, network) if arch is not None and 'cls_opt' in losses else None
+    if missing:
+        notes.append(f'train.cls_opt is ignored in training: {arch_type} {missing}')
     switched_off = [name for name, (default, _, _) in (getattr(arch, 'arch_option_spec', None) or {}).items()
                     if default is True and network.get(name) is False]
     if switched_off:  # parts of the arch left out (ablations: DaAIR's controller, PromptDSANet's pim_conv, ...)

@@ -340,3 +340,29 @@ def test_cli_json(tmp_path, capsys, monkeypatch):
     assert data['class_shares']['rain'] == pytest.approx(24_000 / 142_431)
     assert data['tasks'][0] == {'name': 'denoise_15', 'degradation': 'noise', 'images': 5144, 'source': 'public size',
                                 'counted': 'datasets/train/denoise_gt.lmdb', 'repeat': 3, 'samples': 15432}
+
+
+def test_cls_opt_on_a_net_without_task_logits_is_reported_for_any_arch(tmp_path):
+    """The arch says, before it is built, whether its configuration gives task logits (``missing_task_logits``);
+    the report and the built net agree, for every arch."""
+    from allinone_basicsr.archs.arch_util import missing_task_logits
+    from allinone_basicsr.archs.daair_arch import DaAIR
+    from allinone_basicsr.archs.promptdsa_arch import PromptDSANet
+    from allinone_basicsr.archs.symunet_arch import SymUNet
+    cls_opt = {'type': 'TaskClassificationLoss', 'loss_weight': 0.1}
+    opt = options('train_symunet.yml')
+    opt['train']['cls_opt'] = cls_opt
+    assert 'train.cls_opt is ignored in training: SymUNet has no task logits' in report(
+        'train_symunet.yml', tmp_path, opt=opt).notes
+    opt = options('train_promptdsanet.yml')
+    opt['network_g']['prompt_net'] = None
+    assert 'train.cls_opt is ignored in training: PromptDSANet without a prompt net has no task logits' in report(
+        'train_promptdsanet.yml', tmp_path, opt=opt).notes
+    assert not [n for n in report('train_promptdsanet.yml', tmp_path).notes if 'cls_opt' in n]
+    assert missing_task_logits(SymUNet, {}) == 'has no task logits'
+    tiny = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    for arch, options_, logits in ((DaAIR, dict(tiny, num_dec_blocks=[1, 1, 1], rank_ratio=4), True),
+                                   (DaAIR, dict(tiny, num_dec_blocks=[1, 1, 1], rank_ratio=4, controller=False,
+                                                specialised_experts=False), False),
+                                   (PromptDSANet, dict(tiny, prompt_net=None), False)):
+        assert (missing_task_logits(arch, options_) is None) == logits == arch(**options_).has_task_logits

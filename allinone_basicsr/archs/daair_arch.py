@@ -275,6 +275,12 @@ class DaAIR(TaskLogitsArch, AfterStepArch, nn.Module):
     - DaAIR, all four: the defaults. 32.51/.913.
     """
 
+    @classmethod
+    def missing_task_logits(cls, options):
+        if not options.get('specialised_experts', True):
+            return 'without specialised_experts has no routers'
+        return None
+
     def __init__(self,
                  inp_channels=3,
                  out_channels=3,
@@ -310,7 +316,7 @@ class DaAIR(TaskLogitsArch, AfterStepArch, nn.Module):
                 raise ValueError(f'rank_ratio {rank_ratio} does not divide the level width {width}')
         self.num_experts = num_experts
         self.controller_momentum = controller_momentum
-        self.has_task_logits = bool(specialised_experts)  # no routers, no logits (the class says True)
+        self.has_task_logits = self.missing_task_logits({'specialised_experts': specialised_experts}) is None
         opt = dict(num_experts=num_experts, ffn_expansion_factor=ffn_expansion_factor, bias=bias,
                    LayerNorm_type=LayerNorm_type, kernel_size=expert_kernel_size, gate_by_prob=gate_by_prob,
                    agnostic=agnostic_expert, experts=specialised_experts, controller=controller)

@@ -207,6 +207,10 @@ class PromptDSANet(_PromptIRLayout, TaskLogitsArch):
     """
     block_class = DsaBlock
 
+    @classmethod
+    def missing_task_logits(cls, options):
+        return None if options.get('prompt_net', 'resnet50') else 'without a prompt net has no task logits'
+
     def __init__(self,
                  prompt_dims=None,
                  num_classes=3,
@@ -222,7 +226,7 @@ class PromptDSANet(_PromptIRLayout, TaskLogitsArch):
         super().__init__(prompt_dims=prompt_dims, **promptir_opt,
                          block_options=dict(spatial=spatial_attention, spatial_window=spatial_window))
         self.prompt_dims = list(prompt_dims)
-        self.has_task_logits = prompt_net is not None
+        self.has_task_logits = self.missing_task_logits({'prompt_net': prompt_net}) is None
         widths = (dim * 2, dim * 4, dim * 4)  # output widths of prompt steps 1, 2, 3
         self.pim_convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1, bias=bias) for c in widths) if pim_conv else None
         self.prompt_net = PromptNet(prompt_dims, num_classes, prompt_net, prompt_net_pretrained) if prompt_net else None
