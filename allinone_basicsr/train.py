@@ -15,7 +15,9 @@ which ``train_pipeline`` builds and keeps inside itself. The deviations, each co
 - resume loads onto the CPU, falls back past unreadable states and refuses a changed batch or data
   (``resume.load_resume_state`` / ``check_resume_data``);
 - the prefetchers start at ``reset()``, after the sampler knows its epoch and position (``data/prefetch.py``);
-- distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly.
+- distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly;
+- the final validation is left out when the loop has just validated the same weights (``total_iter`` a multiple of
+  ``val.val_freq``, as in 7 of the shipped recipes); BasicSR runs the whole validation twice there.
 
 Stock ``basicsr.train.train_pipeline`` with the plugin imported works too (minus exact mid-epoch resume).
 """
@@ -133,6 +135,7 @@ def _train(opt, args, root_path, notes=()):
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     first_iter = current_iter + 1
+    validated_at = None  # the iteration of the last validation this process ran
     while current_iter < total_iters:
         sampler.set_epoch(epoch)
         prefetcher.reset()
@@ -157,6 +160,7 @@ def _train(opt, args, root_path, notes=()):
             if opt.get('val') is not None and current_iter % opt['val']['val_freq'] == 0:
                 for val_loader in val_loaders:
                     model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
+                validated_at = current_iter
             data_timer.start()
             iter_timer.start()
             train_data = prefetcher.next()
@@ -169,7 +173,7 @@ def _train(opt, args, root_path, notes=()):
     model.save(epoch=-1, current_iter=-1)
     if opt['dist']:
         check_ranks_agree(model, logger)
-    if opt.get('val') is not None:
+    if opt.get('val') is not None and validated_at != current_iter:  # not the same weights twice
         for val_loader in val_loaders:
             model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
     if tb_logger:

@@ -91,7 +91,8 @@ def set_row(name, degradation, count, results, inputs):
 class MetricTable:
     """The rows of one validation / test round, one per set of ``expected``: each new row rewrites the files in
     ``folder``; the complete table is logged once every set is in. A row for a new iteration, or one arriving after
-    a complete round (the final validation after the last periodic one has the same iteration), starts a round."""
+    a complete round (stock ``train_pipeline``'s final validation after a periodic one at the same iteration),
+    starts a round."""
 
     def __init__(self, name, folder, expected):
         self.name, self.folder, self.expected = name, folder, list(expected)
