@@ -44,6 +44,7 @@ setup(
             'allinone-test=allinone_basicsr.test:main',
             'allinone-recipe=allinone_basicsr.recipe:main',
             'allinone-table=allinone_basicsr.table:main',
+            'allinone-gpu-check=allinone_basicsr.tools.gpu_check:cli',
         ]
     },
     license='Apache-2.0',

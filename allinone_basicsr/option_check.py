@@ -26,6 +26,8 @@ import warnings
 __all__ = ['OptionConversionWarning', 'OptionNotes', 'check_options', 'check_training_state', 'conversion_message',
            'to_bool', 'to_int', 'to_list', 'to_number', 'to_str']
 
+# torch.compile's keywords that a compile option (train.compile / val.compile) may give
+COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
 _EXPONENT_WITHOUT_DOT = re.compile(r'^([+-]?\d+)([eE][+-]?\d+)$')
 
 
@@ -278,6 +280,7 @@ def _check_top(top):
     top.check('manual_seed', to_int, minimum=0, maximum=2**32 - 1, null=True)
     top.check('scale', to_int, minimum=1)
     top.check('find_unused_parameters', to_bool)
+    top.check('deterministic', to_bool)
 
 
 def _num_gpu(opt):
@@ -415,7 +418,19 @@ def _check_train(train):
 def _check_precision(section):
     """``amp`` (bf16 | fp16 | ~) and ``compile`` (bool) of ``train`` / ``val`` (models/precision.py)."""
     section.check('amp', to_str, null=True, choices=('bf16', 'fp16', 'fp32'))
-    section.check('compile', to_bool)
+    compile_opt = section.values.get('compile')
+    if isinstance(compile_opt, dict):
+        unknown = sorted(set(compile_opt) - set(COMPILE_KEYS))
+        if unknown:
+            raise ValueError(f'{section.key("compile")}: unknown torch.compile keyword(s) {unknown}; valid: '
+                             f'{list(COMPILE_KEYS)}')
+        keywords = section.section('compile')
+        for key in ('backend', 'mode'):
+            keywords.check(key, to_str, null=True)
+        for key in ('fullgraph', 'dynamic'):
+            keywords.check(key, to_bool, null=True)
+    else:
+        section.check('compile', to_bool, expected='a bool (true or false) or a mapping of torch.compile keywords')
 
 
 def _check_val(val, is_train):

@@ -44,6 +44,10 @@ from os import path as osp
 
 import yaml
 
+from allinone_basicsr.utils.smoke import SMOKE_NETWORKS  # noqa: F401  (the sizes --smoke uses)
+from allinone_basicsr.utils.smoke import shrink_test_options, shrink_train_options
+from allinone_basicsr.utils.smoke import smoke_network as _smoke_network
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COLUMN_KINDS = ('set', 'average', 'params', 'gmacs', 'text')
 SPEC_KEYS = {'title', 'paper', 'source', 'metrics', 'columns', 'rows', 'notes'}
@@ -51,20 +55,6 @@ COLUMN_KEYS = {'key', 'label', 'kind', 'test_set', 'average', 'size', 'note'}
 ROW_KEYS = {'label', 'train', 'test', 'results', 'paper', 'notes', 'text'}
 NOT_RUN, MISSING, NOT_TESTED, NOT_GIVEN = 'not run', 'missing', '—', 'n.g.'
 
-# demo scale for --smoke: the size keys of each arch (switches, classes and protocol keys stay the row's)
-SMOKE_NETWORKS = {
-    'SymUNet': dict(width=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1]),
-    'SESymUNet': dict(width=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1],
-                      cross_attn_inner_dims=[16, 16, 16], middle_cross_attn_inner_dim=16, clip_pretrained=None,
-                      clip_vision_cfg={'image_size': 28, 'patch_size': 14, 'width': 32, 'layers': 1,
-                                       'head_width': 32}),
-    'PromptIR': dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_dims=[8, 16, 40],
-                     prompt_sizes=[16, 8, 4]),
-    'DaAIR': dict(dim=8, num_blocks=[1, 1, 1, 1], num_dec_blocks=[1, 1, 1], num_refinement_blocks=1, rank_ratio=4,
-                  expert_kernel_size=3),
-    'PromptDSANet': dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, prompt_dims=[8, 16, 40],
-                         prompt_sizes=[16, 8, 4], prompt_net='resnet18', prompt_net_pretrained=None),
-}
 SMOKE_MACS_SIZE = 64
 SMOKE_TRAIN_SHAPE, SMOKE_TEST_SHAPE = (48, 48), (48, 64)  # (h, w): >= the 32² patches; test a multiple of 16
 SMOKE_TRAIN_IMAGES, SMOKE_TEST_IMAGES = 6, 1
@@ -724,48 +714,19 @@ def build_smoke_data(root, rows, say=print):
 
 
 def smoke_network(network_g):
-    """``network_g`` at demo scale: the arch's size keys replaced, everything else (switches, classes) kept."""
-    arch = network_g.get('type')
-    if arch not in SMOKE_NETWORKS:
-        raise TableSpecError(f'--smoke has no demo size for network_g.type {arch!r} (known: {sorted(SMOKE_NETWORKS)})')
-    return dict(network_g, **SMOKE_NETWORKS[arch])
+    """``network_g`` at demo scale (``utils.smoke``), or a TableSpecError naming the arch."""
+    try:
+        return _smoke_network(network_g)
+    except ValueError as err:
+        raise TableSpecError(f'--smoke: {err}') from None
 
 
 def smoke_train_options(opt, iters):
-    opt = json.loads(json.dumps(opt))  # a plain deep copy
-    opt['num_gpu'] = 0
-    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0, persistent_workers=False,
-                                    prefetch_mode=None, dataset_enlarge_ratio=1)
-    opt['network_g'] = smoke_network(opt['network_g'])
-    train = opt['train']
-    train['total_iter'] = iters
-    # the schedule's shape compressed to the smoke's iterations (the full one would stay in its warm-up at lr ~0)
-    sched = train.get('scheduler') or {}
-    if sched.get('type') == 'LinearWarmupCosineLR':
-        sched.update(warmup_iter=min(int(sched.get('warmup_iter', 0)), 1), max_iter=max(iters, 2))
-    elif sched.get('type') == 'CosineAnnealingRestartLR':
-        sched.update(periods=[iters], restart_weights=[1])
-    elif sched.get('type') == 'CosineAnnealingLR':
-        sched['T_max'] = iters
-    if int(train.get('warmup_iter', -1) or -1) >= iters:
-        train['warmup_iter'] = -1
-    if train.get('teacher_forcing_iter'):
-        train['teacher_forcing_iter'] = 1  # iteration 1 routes by the labels, the others by the routers
-    if opt.get('val') is not None:
-        opt['val'].update(val_freq=10 * iters, pbar=False, save_img=False)  # the final validation only
-    opt['logger'] = dict(opt.get('logger') or {}, print_freq=1, save_checkpoint_freq=10 * iters, use_tb_logger=False,
-                         wandb={'project': None, 'resume_id': None})
-    opt['path'] = dict(opt.get('path') or {}, pretrain_network_g=None, resume_state=None)
-    return opt
+    return shrink_train_options(opt, iters)
 
 
 def smoke_test_options(opt, train_name):
-    opt = json.loads(json.dumps(opt))
-    opt['num_gpu'] = 0
-    opt['network_g'] = smoke_network(opt['network_g'])
-    opt['path'] = dict(opt.get('path') or {}, pretrain_network_g=f'experiments/{train_name}/models/net_g_latest.pth')
-    opt['val'] = dict(opt.get('val') or {}, pbar=False, save_img=False)
-    return opt
+    return shrink_test_options(opt, f'experiments/{train_name}/models/net_g_latest.pth')
 
 
 @contextlib.contextmanager

@@ -89,8 +89,20 @@ def train_pipeline(root_path):
         lock.release()
 
 
+def configure_determinism(opt):
+    """``deterministic: true`` (top level): cuDNN deterministic without autotuning, torch's deterministic algorithms
+    (ops that have none warn once, naming themselves) and cuBLAS's fixed workspace, so a GPU run resumed from a state
+    ends with the weights of the uninterrupted run. Off (default): cuDNN autotunes the training convolutions."""
+    deterministic = bool(opt.get('deterministic', False))
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read when cuBLAS starts: before any matmul
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
 def _train(opt, args, root_path, notes=()):
-    torch.backends.cudnn.benchmark = True
+    configure_determinism(opt)
     resume_state = load_resume_state(opt)
     if resume_state is None:
         make_exp_dirs(opt)
@@ -102,6 +114,13 @@ def _train(opt, args, root_path, notes=()):
     logger.info(get_env_info())
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)
+    if opt['dist']:
+        import torch.distributed as dist
+        device = f'cuda:{torch.cuda.current_device()}' if opt['num_gpu'] and torch.cuda.is_available() else 'cpu'
+        logger.info(f'Distributed: backend {dist.get_backend()}, world size {opt["world_size"]}, rank {opt["rank"]} '
+                    f'on {device}.')
+    if opt.get('deterministic'):
+        logger.info('Deterministic: cuDNN autotuning off, deterministic algorithms on (an op without one warns).')
     for note in notes:  # numbers YAML read as strings (2e-3), converted
         logger.warning(note)
     if opt['rank'] == 0:

@@ -35,31 +35,29 @@ small networks; the tables then no longer show the paper configs.
 """
 import argparse
 import copy
-import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import time
-import types
 from os import path as osp
 
 BENCH = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(BENCH)
+sys.path.insert(0, REPO)  # run from a source checkout
+
+from allinone_basicsr.utils.official import OFFICIAL, OfficialCodeError  # noqa: E402
+from allinone_basicsr.utils.official import load_official as _load_official  # noqa: E402
+from allinone_basicsr.utils.official import official_method as _official_method  # noqa: E402
+from allinone_basicsr.utils.timing import compile_unavailable  # noqa: E402,F401
+from allinone_basicsr.utils.timing import to_channels_last  # noqa: E402,F401
+from allinone_basicsr.utils.timing import interleaved as _interleaved  # noqa: E402
+from allinone_basicsr.utils.timing import step_fns as _step_fns  # noqa: E402
+
 METHODS = ('SymUNet', 'SESymUNet', 'PromptIR', 'DaAIR', 'PromptDSANet')
 # train-step variants: name -> (bfloat16 autocast, torch.compile)
 VARIANTS = {'fp32': (False, False), 'bf16': (True, False), 'compiled': (False, True), 'compiled-bf16': (True, True)}
 DEFAULT_VARIANTS = ('fp32', 'bf16', 'compiled')
-
-# Official code: the file holding the arch inside a checkout, its class, and the paper config (the keywords of
-# the official option files / training script).
-OFFICIAL = {
-    'SymUNet': dict(file='basicsr/models/archs/SymUNet_arch.py', cls='SymUNet',
-                    config=dict(img_channel=3, width=48, middle_blk_num=8, enc_blk_nums=[4, 6, 6],
-                                dec_blk_nums=[6, 6, 4], restormer_heads=[1, 2, 4], restormer_middle_heads=8,
-                                ffn_expansion_factor=2.66, bias=False, LayerNorm_type='WithBias')),
-    'PromptIR': dict(file='net/model.py', cls='PromptIR', config=dict(decoder=True)),
-}
 
 WORKER = r'''
 import sys
@@ -70,31 +68,18 @@ speed.{fn}({args!r})
 
 
 def official_method(checkout):
-    """Which official repository ``checkout`` is (its method name), or a clear error."""
-    for method, spec in OFFICIAL.items():
-        if osp.isfile(osp.join(checkout, spec['file'])):
-            return method
-    wanted = ', '.join(f'{spec["file"]} ({m})' for m, spec in OFFICIAL.items())
-    raise SystemExit(f'--compare-official {checkout}: not an official checkout; expected one of: {wanted}')
+    try:
+        return _official_method(checkout)
+    except OfficialCodeError as err:
+        raise SystemExit(f'--compare-official {err}') from None
 
 
 def load_official(checkout):
     """Import the official arch class from a checkout; returns (method, class, paper config)."""
-    method = official_method(checkout)
-    spec = OFFICIAL[method]
-    if importlib.util.find_spec('transformers') is None:  # imported at the top of SymUNet_arch.py, unused by SymUNet
-        stand_in = types.ModuleType('transformers')
-        stand_in.CLIPModel = stand_in.CLIPImageProcessor = None
-        sys.modules['transformers'] = stand_in
-    module_spec = importlib.util.spec_from_file_location(f'official_{method.lower()}_arch',
-                                                         osp.join(checkout, spec['file']))
-    module = importlib.util.module_from_spec(module_spec)
     try:
-        module_spec.loader.exec_module(module)
-    except ModuleNotFoundError as err:
-        raise SystemExit(f'the official {method} code imports {err.name}: pip install {err.name} '
-                         '(needed by this benchmark only)') from err
-    return method, getattr(module, spec['cls']), dict(spec['config'])
+        return _load_official(checkout)
+    except OfficialCodeError as err:
+        raise SystemExit(str(err)) from None
 
 
 def _setup(threads):
@@ -107,58 +92,12 @@ def _setup(threads):
     return torch
 
 
-def _step_fns(torch, net, x, target, opt, dev, bf16=False, run=None):
-    """(train step, no-grad forward) of ``net`` (called through ``run``, e.g. its compiled wrapper).
-
-    bf16: ``torch.autocast(dtype=torch.bfloat16)`` around the forward and the loss, the L1 loss reduced in float32
-    (the output is cast up first); backward and AdamW outside, on the float32 master weights."""
-    run = net if run is None else run  # not `run or net`: a compiled module has no truth value (len() raises)
-
-    def train():
-        net.train()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = (run(x).float() - target).abs().mean()
-        loss.backward()
-        opt.step()
-        if dev.type == 'cuda':
-            torch.cuda.synchronize()
-
-    def infer():
-        net.eval()
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            run(x)
-        if dev.type == 'cuda':
-            torch.cuda.synchronize()
-
-    return train, infer
-
-
 def _reason(err, limit=110):
     """A short one-line reason for a table cell."""
     first = (str(err).strip().splitlines() or [''])[0]
     text = f'{type(err).__name__}: {first}' if first else type(err).__name__
     text = text.replace('|', '/')
     return text if len(text) <= limit else text[:limit - 1] + '…'
-
-
-def compile_unavailable(torch, dev):
-    """Why ``torch.compile`` cannot run on ``dev`` (a short reason), or None. On CPU its inductor backend builds
-    C++ kernels, so it needs a working C++ compiler (``g++``, or ``$CXX``); checked before any tracing."""
-    if dev.type != 'cpu':
-        return None
-    try:
-        from torch._inductor import config
-        from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # another torch layout: let the warm-up find out
-        return None
-    try:
-        get_cpp_compiler()
-    except Exception as err:  # InvalidCxxCompiler, or the compiler's own failure
-        cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else [config.cpp.cxx]
-        tried = ', '.join(str(c) for c in cxx if c)
-        return f'torch.compile needs a C++ compiler on CPU; tried {tried} ({type(err).__name__})'
-    return None
 
 
 def variant_steps(torch, net, x, target, dev, variants):
@@ -183,27 +122,6 @@ def variant_steps(torch, net, x, target, dev, variants):
             continue
         steps[name] = train
     return steps, errors
-
-
-def _interleaved(fns, rounds, clock):
-    """Times of each function over ``rounds`` rounds (order flipped every other round): {name: [seconds]}."""
-    times = {name: [] for name in fns}
-    for r in range(rounds):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t = clock()
-            fns[name]()
-            times[name].append(clock() - t)
-    return times
-
-
-def to_channels_last(torch, net):
-    """Every 4-D parameter and buffer of ``net`` in channels-last memory, in place. ``Module.to(memory_format=...)``
-    also converts 5-D tensors and fails on them (PromptIR's and PromptDSANet's ``prompt_param``): those, and all
-    others, are left as they are."""
-    for tensor in list(net.parameters()) + list(net.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-    return net
 
 
 def _build(registry, a):

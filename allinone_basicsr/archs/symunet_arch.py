@@ -185,9 +185,17 @@ class _PatchTokenAttention(nn.Module):
             cache.move_to_end(num_tokens)
         return pos
 
-    def image_tokens(self, image):
+    def num_tokens(self, height, width):
+        """Patch tokens of a ``height`` × ``width`` feature map."""
+        return (height // self.patch_size) * (width // self.patch_size)
+
+    def image_tokens(self, image, pos=None):
+        """The patch tokens of ``image`` plus the position embedding ``pos`` (float32, cast to the tokens' dtype;
+        drawn here when not given)."""
         tokens = F.pixel_unshuffle(image, self.patch_size).flatten(2).transpose(1, 2)
-        return tokens + self.position_embedding(int(tokens.shape[1]), tokens.device, tokens.dtype)
+        if pos is None:
+            pos = self.position_embedding(int(tokens.shape[1]), tokens.device, torch.float32)
+        return tokens + pos.to(tokens.dtype)
 
 
 class ImageGuidanceAttention(_PatchTokenAttention):
@@ -197,9 +205,9 @@ class ImageGuidanceAttention(_PatchTokenAttention):
         super().__init__(image_dim, patch_size, pos_embed_seed)
         self.attention = CrossAttention(self.patch_dim, text_dim, inner_dim, num_heads, dropout)
 
-    def forward(self, image, tokens):
+    def forward(self, image, tokens, pos=None):
         b, _, h, w = image.shape
-        update = self.attention(self.image_tokens(image), tokens)
+        update = self.attention(self.image_tokens(image, pos), tokens)
         update = F.pixel_shuffle(update.transpose(1, 2).reshape(b, -1, h // self.patch_size, w // self.patch_size),
                                  self.patch_size)
         return image + self.alpha * update
@@ -212,8 +220,8 @@ class TextRefinementAttention(_PatchTokenAttention):
         super().__init__(image_dim, patch_size, pos_embed_seed)
         self.attention = CrossAttention(text_dim, self.patch_dim, inner_dim, num_heads, dropout)
 
-    def forward(self, tokens, image):
-        return tokens + self.alpha * self.attention(tokens, self.image_tokens(image))
+    def forward(self, tokens, image, pos=None):
+        return tokens + self.alpha * self.attention(tokens, self.image_tokens(image, pos))
 
 
 @ARCH_REGISTRY.register()
@@ -355,19 +363,42 @@ class SESymUNet(SymUNet):
         get_root_logger().info(f'{found}; {used}.')
         return result
 
+    @torch.compiler.disable
+    def _frozen_inputs(self, inp, height, width):
+        """The CLIP tokens of ``inp`` and the position embeddings of every computed guide / refine step for a padded
+        input of ``height`` × ``width``: ([middle guide, middle refine], [(guide, refine) per decoder level]).
+
+        Run eagerly, outside any ``torch.compile`` graph: the frozen tower and the embeddings' seeded generator and
+        caches are no graph material, and one graph break here (instead of one in every step) leaves the rest of the
+        forward one graph of static shapes."""
+        tokens = self.clip_tokenizer()(inp)
+        levels = len(self.encoders)
+
+        def pos(step, level):
+            return step.position_embedding(step.num_tokens(height >> level, width >> level), inp.device,
+                                           torch.float32)
+
+        middle = [pos(self.middle_guide_attention, levels), pos(self.middle_refine_attention, levels)]
+        decoder = [(pos(guide, level), pos(refine, level) if level else None)  # the last refinement is not computed
+                   for guide, refine, level in
+                   zip(self.decoder_guide_attentions, self.decoder_refine_attentions, reversed(range(levels)))]
+        return tokens, middle, decoder
+
     def forward(self, inp):
         h, w = inp.shape[-2:]
-        tokens = self.clip_tokenizer()(inp)  # from the raw LQ input, before padding (as official)
-        inp = pad_to_multiple(inp, self.padder_size)
+        padded = pad_to_multiple(inp, self.padder_size)
+        # CLIP sees the raw LQ input, before padding (as official)
+        tokens, middle, decoder = self._frozen_inputs(inp, int(padded.shape[-2]), int(padded.shape[-1]))  # also traced
+        inp = padded
         x, skips = self.encode(self.intro(channels_last(inp)))
-        x = self.middle_blks(self.middle_guide_attention(x, tokens))
-        tokens = self.middle_refine_attention(tokens, x)
+        x = self.middle_blks(self.middle_guide_attention(x, tokens, middle[0]))
+        tokens = self.middle_refine_attention(tokens, x, middle[1])
         last = len(self.decoders) - 1
-        for i, (up, decoder, guide, refine, skip) in enumerate(
+        for i, (up, dec, guide, refine, skip, (guide_pos, refine_pos)) in enumerate(
                 zip(self.ups, self.decoders, self.decoder_guide_attentions, self.decoder_refine_attentions,
-                    reversed(skips))):
-            x = decoder(guide(up(x) + skip, tokens))
+                    reversed(skips), decoder)):
+            x = dec(guide(up(x) + skip, tokens, guide_pos))
             if i < last:  # the official code also computes the last refinement, whose output nothing reads
-                tokens = refine(tokens, x)
+                tokens = refine(tokens, x, refine_pos)
         x = self.ending(x) + inp
         return crop_output(x, h, w)

@@ -6,9 +6,10 @@
   gradients, the optimizer, EMA and checkpoints stay float32; the losses are computed in float32 on the output
   cast back. The blocks keep their numerically sensitive parts in float32 (MDTA's norms and softmax: see
   ``archs/restormer_blocks.py``). ``~`` (default) is float32.
-- ``compile: true`` runs the forward through ``torch.compile``. The module itself is unchanged, so checkpoints keep
-  their keys (no ``_orig_mod.``); when compiling fails (no compiler, an unsupported op), the run says why once and
-  continues eagerly in float32 semantics as configured.
+- ``compile: true`` runs the forward through ``torch.compile``; a mapping instead of ``true`` gives its keywords
+  (``{mode: max-autotune}``, ``{backend: aot_eager}``; the keys ``option_check.COMPILE_KEYS`` allows). The module
+  itself is unchanged, so checkpoints keep their keys (no ``_orig_mod.``); when compiling fails (no compiler, an
+  unsupported op), the run says why once and continues eagerly in float32 semantics as configured.
 """
 import contextlib
 import functools
@@ -16,6 +17,13 @@ import functools
 import torch
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def compile_options(value):
+    """The ``torch.compile`` keywords of a ``compile`` option (``true``: none; a mapping: its keys), or None for off."""
+    if not value:
+        return None
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def without_cudnn_autotuning(fn):
@@ -57,9 +65,9 @@ class Compiled:
     """``module``'s forward through ``torch.compile``, falling back to the eager module (once, with a warning naming
     the error) if compiling or running the compiled graph fails; an error the eager module raises too is raised."""
 
-    def __init__(self, module, what, logger):
+    def __init__(self, module, what, logger, options=None):
         self.module, self.what, self.logger = module, what, logger
-        self.compiled = torch.compile(module)
+        self.compiled = torch.compile(module, **(options or {}))
         self.failed = False
 
     def __call__(self, *args, **kwargs):
@@ -82,7 +90,8 @@ class TrainPrecision:
     def __init__(self, train_opt, device, net, logger):
         self.device, self.dtype = device, amp_dtype(train_opt.get('amp'), 'train.amp')
         self.scaler = grad_scaler(device, self.dtype)
-        self.forward = Compiled(net, 'train.compile', logger) if train_opt.get('compile') else net
+        options = compile_options(train_opt.get('compile'))
+        self.forward = Compiled(net, 'train.compile', logger, options) if options is not None else net
         clip = train_opt.get('grad_clip')
         self.grad_clip = {'max_norm': float(clip)} if clip is not None and not isinstance(clip, dict) else clip
 
@@ -122,9 +131,10 @@ class EvalPrecision:
     def __call__(self, net, *args, **kwargs):
         val, train = self.opt.get('val') or {}, self.opt.get('train') or {}
         forward = net
-        if val.get('compile') or train.get('compile'):
+        options = compile_options(val.get('compile') or train.get('compile'))
+        if options is not None:
             if self.compiled is None or self.compiled.module is not net:
-                self.compiled = Compiled(net, 'val.compile', self.logger)
+                self.compiled = Compiled(net, 'val.compile', self.logger, options)
             forward = self.compiled
         with torch.no_grad(), autocast(self.device, amp_dtype(val.get('amp'), 'val.amp')):
             return forward(*args, **kwargs)

@@ -416,3 +416,19 @@ def test_position_embeddings_are_kept_for_alternating_sizes(monkeypatch):
         for _ in range(2):
             assert torch.equal(net(small), first[0]) and torch.equal(net(large), first[1])
     assert drawn == 2 * 7 and len(draws) == drawn  # 7 computed guide/refine modules, two sizes, no draw after
+
+
+def test_forward_is_one_graph_for_torch_compile():
+    """The frozen CLIP call and the seeded position embeddings run once, eagerly, before the network's graph: dynamo
+    breaks the forward there only, leaving the network one graph (it made 30 graphs when every guide / refine step
+    broke it, and inductor then failed on the symbolic shapes its recompiles made), and the outputs are those of the
+    eager forward."""
+    torch.manual_seed(0)
+    net = perturbed(SESymUNet(**TINY))
+    x = torch.rand(1, 3, 32, 48)
+    explained = torch._dynamo.explain(net)(x)
+    assert explained.graph_break_count == 1 and explained.graph_count == 2, explained.break_reasons
+    assert 'torch.compiler.disable' in str(explained.break_reasons[0].reason)
+    with torch.no_grad():
+        assert torch.allclose(torch.compile(net, backend='aot_eager')(x), net(x), atol=1e-6)
+    torch._dynamo.reset()

@@ -184,3 +184,22 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, monkeypa
     warnings = [r.getMessage() for r in caplog.records if 'torch.compile failed' in r.getMessage()]
     assert warnings == ['train.compile: torch.compile failed (RuntimeError: no C++ compiler found); '
                         'running eagerly instead.']
+
+
+def test_compile_mapping_gives_torch_compile_its_keywords(tmp_path, monkeypatch):
+    seen = []
+
+    def record(module, **kwargs):
+        seen.append(kwargs)
+        return module
+
+    monkeypatch.setattr(precision.torch, 'compile', record)
+    train(tmp_path / 'mapping', steps=1, compile={'backend': 'aot_eager', 'mode': None})
+    train(tmp_path / 'true', steps=1, compile=True)
+    assert seen == [{'backend': 'aot_eager', 'mode': None}, {}]
+    with open(REPO / 'options' / 'demo' / 'train_symunet_demo.yml') as f:
+        opt = yaml.safe_load(f)
+    opt['train']['compile'] = {'backend': 'inductor', 'fullgraf': True}
+    with pytest.raises(ValueError, match=r"train.compile: unknown torch.compile keyword\(s\) \['fullgraf'\]; valid: "
+                                         r"\['backend', 'mode', 'fullgraph', 'dynamic', 'options'\]"):
+        check_options(opt)

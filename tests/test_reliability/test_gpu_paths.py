@@ -4,42 +4,19 @@ backend follows the tensors' device, the training step has one host sync, valida
 and the CUDA prefetcher starts at reset()."""
 import os
 import socket
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.overrides import TorchFunctionMode
 
 from allinone_basicsr import _compat
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.resume import gather_rng_states, get_rng_states, load_resume_state, restore_rng_states
+from allinone_basicsr.utils.probes import RecordHostReads
 
 from basicsr.data.prefetch_dataloader import CUDAPrefetcher
 from basicsr.models import build_model
-
-SYNCS = {'item', 'tolist', 'cpu', 'numpy', '__bool__', '__int__', '__float__', '__index__', 'nonzero'}
-
-
-class RecordHostReads(TorchFunctionMode):
-    """Records every tensor call that makes the host wait for the device (on a GPU), with its caller.
-
-    Not counted: reads inside ``torch.optim``, of the optimizers' step counters, which are CPU tensors even when the
-    weights are on a GPU (unless ``capturable``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, '__name__', '')
-        if name in SYNCS:
-            stack = traceback.extract_stack()[:-1]
-            if not any('/torch/optim/' in frame.filename for frame in stack):
-                caller = stack[-1]
-                self.calls.append(f'{name} ({os.path.basename(caller.filename)}:{caller.lineno})')
-        return func(*args, **(kwargs or {}))
 
 
 # ------------------------------------------------------------------ resume states load onto the CPU
@@ -239,3 +216,28 @@ def test_prefetcher_reads_nothing_before_reset(monkeypatch, cuda):
     batches = [prefetcher.next(), prefetcher.next(), prefetcher.next()]
     assert [b['lq'].flatten().tolist() for b in batches[:2]] == [[0.0, 1.0], [2.0, 3.0]] and batches[2] is None
     assert dataset.reads == 4
+
+
+# ------------------------------------------------------------------ deterministic: true
+def test_deterministic_option_sets_cudnn_and_torch_modes(monkeypatch):
+    """``deterministic: true``: no cuDNN autotuning, cuDNN and torch's deterministic algorithms (warn-only), cuBLAS's
+    fixed workspace; without it cuDNN autotunes (BasicSR's setting)."""
+    from allinone_basicsr.option_check import check_options
+    from allinone_basicsr.train import configure_determinism
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        configure_determinism({'deterministic': True})
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+        configure_determinism({})
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+    opt = {'name': 'x', 'model_type': 'AllInOneModel', 'num_gpu': 0, 'deterministic': 'yes', 'datasets': {},
+           'network_g': {'type': 'SymUNet'}, 'path': {}}
+    with pytest.raises(TypeError, match=r"deterministic: 'yes' \(str\) is not a bool"):
+        check_options(opt, is_train=False)
