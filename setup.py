@@ -20,7 +20,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md')).read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['allinone_basicsr', 'allinone_basicsr.*']),
-    package_data={'allinone_basicsr': ['protocols.yml']},  # the protocol table of allinone_basicsr.recipe
+    package_data={'allinone_basicsr': ['tools/protocols.yml']},  # the protocol table of allinone_basicsr.tools.recipe
     python_requires='>=3.10',
     install_requires=[
         'basicsr>=1.4.2,<1.5',  # _compat.py patches private functions of basicsr 1.4.2 (the tested release)
@@ -42,8 +42,8 @@ setup(
         'console_scripts': [
             'allinone-train=allinone_basicsr.train:main',
             'allinone-test=allinone_basicsr.test:main',
-            'allinone-recipe=allinone_basicsr.recipe:main',
-            'allinone-table=allinone_basicsr.table:main',
+            'allinone-recipe=allinone_basicsr.tools.recipe:main',
+            'allinone-table=allinone_basicsr.tools.table:main',
             'allinone-gpu-check=allinone_basicsr.tools.gpu_check:cli',
         ]
     },

@@ -24,7 +24,6 @@ import sys
 import types
 
 _APPLIED = False
-_LMDB_ENVS = {}
 
 
 def _patch_functional_tensor():
@@ -82,7 +81,7 @@ def _patch_lmdb_backend():
     from basicsr.utils import file_client
 
     def __init__(self, db_paths, client_keys='default', readonly=True, lock=False, readahead=False, **kwargs):
-        from .data.lmdb_check import open_lmdb
+        from allinone_basicsr.utils.lmdb import shared_lmdb
         if isinstance(client_keys, str):
             client_keys = [client_keys]
         self.db_paths = [str(v) for v in (db_paths if isinstance(db_paths, (list, tuple)) else [db_paths])]
@@ -93,11 +92,7 @@ def _patch_lmdb_backend():
         for client, path in zip(client_keys, self.db_paths):
             if not os.path.isdir(path):
                 raise FileNotFoundError(f'LMDB folder not found: {path}')
-            key = (os.path.realpath(path), readonly, lock, readahead)
-            if key not in _LMDB_ENVS:
-                # checked before any page is read: a truncated data.mdb is an error naming it, not a SIGBUS
-                _LMDB_ENVS[key] = open_lmdb(path, readonly=readonly, lock=lock, readahead=readahead, **kwargs)
-            self._client[client] = _LMDB_ENVS[key]
+            self._client[client] = shared_lmdb(path, readonly=readonly, lock=lock, readahead=readahead, **kwargs)
 
     file_client.LmdbBackend.__init__ = __init__
 
@@ -107,9 +102,10 @@ def apply():
     if _APPLIED:
         return
     _patch_functional_tensor()
+    from allinone_basicsr.utils.resume import load_resume_state
+
     import basicsr.train
     import basicsr.utils.dist_util as dist_util
-    from .resume import load_resume_state
     basicsr.train.load_resume_state = load_resume_state
     dist_util._init_dist_pytorch = _init_dist_pytorch
     dist_util._init_dist_slurm = _init_dist_slurm

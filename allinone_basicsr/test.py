@@ -4,7 +4,7 @@
     allinone-test -opt ...                      (console script)
     python allinone_basicsr/test.py -opt ...
 Writes results/<name>/metrics.csv and metrics.md under the working directory, and the options the run used
-(``options.yml``, after ``--force_yml`` and ``--debug``; ``allinone_basicsr.compare`` reads it for the model size).
+(``options.yml``, after ``--force_yml`` and ``--debug``; the compare tool reads it for the model size).
 """
 import os
 import sys
@@ -12,8 +12,8 @@ import sys
 import yaml
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from allinone_basicsr.cli import print_help_if_asked
-from allinone_basicsr.option_check import check_options
+from allinone_basicsr.utils.cli import print_help_if_asked
+from allinone_basicsr.utils.options import check_options
 
 import basicsr.test as basicsr_test
 from basicsr.utils.options import parse_options

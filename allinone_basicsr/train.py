@@ -30,11 +30,11 @@ from os import path as osp
 import torch
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from allinone_basicsr.cli import print_help_if_asked
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
-from allinone_basicsr.experiment import ExperimentLock, remove_temporaries
-from allinone_basicsr.option_check import check_options
-from allinone_basicsr.resume import check_resume_data, load_resume_state, resumable_loader
+from allinone_basicsr.utils.cli import print_help_if_asked
+from allinone_basicsr.utils.experiment import ExperimentLock, remove_temporaries
+from allinone_basicsr.utils.options import check_options
+from allinone_basicsr.utils.resume import check_resume_data, load_resume_state, resumable_loader
 
 from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers

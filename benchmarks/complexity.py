@@ -16,7 +16,7 @@ is ~9 TMACs at 256² (minutes on a CPU), which the count needs only the shapes o
 ``F.scaled_dot_product_attention`` is replaced by :func:`attention_by_shape`'s stand-in, a custom op
 (``aio_bench::sdpa_shape``) that takes q, k, v and returns zeros of the attention output's shape; a handle counts it
 with the same ``sdpa_macs`` as the real op. The graph is otherwise the one the real op gives (same ops, same shapes),
-so the figures are the same as those of ``allinone_basicsr.complexity.analyse`` (tests/test_benchmarks/
+so the figures are the same as those of ``allinone_basicsr.utils.complexity.analyse`` (tests/test_benchmarks/
 test_complexity.py compares every operator's count); an SDPA the stand-in does not reach (a caller that bound the
 function before) is computed and counted as before.
 """
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import allinone_basicsr  # noqa: E402,F401
-from allinone_basicsr.complexity import frozen_parameters, sdpa_macs  # noqa: E402
+from allinone_basicsr.utils.complexity import frozen_parameters, sdpa_macs  # noqa: E402
 
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
@@ -89,7 +89,7 @@ def analyzer(net, size):
 
 
 def analyse(net, size):
-    """(total MACs, SDPA MACs) as ``allinone_basicsr.complexity.analyse`` counts them, attention counted by shape."""
+    """(total MACs, SDPA MACs) as ``allinone_basicsr.utils.complexity.analyse`` counts them, attention counted by shape."""
     with attention_by_shape():
         result = analyzer(net, size)
         total = result.total()

@@ -1,4 +1,4 @@
-"""``python -m allinone_basicsr.convert``: every supported layout to our lean files, losslessly.
+"""``python -m allinone_basicsr.tools.convert``: every supported layout to our lean files, losslessly.
 
 The layouts are built here from our own random weights at tiny configs (nothing is downloaded): BasicSR's
 ``{'params': ...}`` as its ``save_network`` writes it (the official SymUNet code's format), ``params_ema``, PromptIR's
@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from allinone_basicsr.archs.clip_tokens import CLIPTokenizer
-from allinone_basicsr.convert import main as convert
-from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
+from allinone_basicsr.tools.convert import main as convert
+from allinone_basicsr.utils.checkpoint import extract_state_dict, load_checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -13,8 +13,8 @@ import yaml
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
 from allinone_basicsr.archs.symunet_arch import SymUNet
-from allinone_basicsr.option_check import (OptionConversionWarning, check_options, check_training_state, to_int,
-                                           to_number)
+from allinone_basicsr.utils.option_types import OptionConversionWarning, to_int, to_number
+from allinone_basicsr.utils.options import check_options, check_training_state
 
 from basicsr.utils.options import ordered_yaml
 

@@ -1,7 +1,7 @@
-"""The recipe report (``python -m allinone_basicsr.recipe``): the epoch arithmetic of our training loop, closed-form
+"""The recipe report (``allinone-recipe``): the epoch arithmetic of our training loop, closed-form
 learning rates equal to BasicSR's stepped ones, image counts from disk or the public sizes, a clear error for every
 inconsistent file, and every options/train_*.yml equal to its row of the protocol table
-(allinone_basicsr/protocols.yml), so a copied ``train:`` section fails here."""
+(allinone_basicsr/tools/protocols.yml), so a copied ``train:`` section fails here."""
 import copy
 import json
 import math
@@ -14,10 +14,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from allinone_basicsr import recipe as rc
+from allinone_basicsr.tools import recipe as rc
 from allinone_basicsr.models.lr_scheduler import LinearWarmupCosineLR
 from allinone_basicsr.models.optimization import scheduler_class
-from allinone_basicsr.resume import ResumableSampler
+from allinone_basicsr.utils.resume import ResumableSampler
 
 from basicsr.models.base_model import BaseModel
 
@@ -118,7 +118,8 @@ def test_train_file_follows_its_protocol(name, tmp_path):
     r = report(name, tmp_path)  # no data under tmp_path: the public datasets' sizes
     assert {t.source for t in r.tasks} == {rc.PUBLIC}
     mismatches = rc.protocol_mismatches(r, PROTOCOLS[name])
-    assert not mismatches, f'{name} differs from its row of allinone_basicsr/protocols.yml:\n' + '\n'.join(mismatches)
+    assert not mismatches, (f'{name} differs from its row of allinone_basicsr/tools/protocols.yml:\n'
+                            + '\n'.join(mismatches))
     values = rc.recipe_values(r, PROTOCOLS[name]['unit'])
     if PROTOCOLS[name]['unit'] == 'epochs':  # whole epochs: the iteration counts are exact multiples
         for iterations in (r.total_iter, r.warmup_iter, r.cosine_end_iter):
@@ -315,7 +316,7 @@ def test_cli_reports_every_train_file_and_fails_on_a_bad_one(tmp_path):
     opt['train']['total_iter'] = 250_000
     bad.write_text(yaml.safe_dump(json.loads(json.dumps(opt))))  # plain dicts (safe_dump writes 1e-7 as 1.0e-07)
     files = [str(OPTIONS / name) for name in TRAIN_FILES]
-    proc = subprocess.run([sys.executable, '-m', 'allinone_basicsr.recipe', *files, str(bad)], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, '-m', 'allinone_basicsr.tools.recipe', *files, str(bad)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     reports = proc.stdout.split('Recipe of ')[1:]

@@ -24,7 +24,7 @@ def test_compat_is_applied():
     import torchvision.transforms.functional_tensor as ft  # noqa: F401  (removed upstream; the shim provides it)
 
     from allinone_basicsr import _compat
-    from allinone_basicsr.resume import load_resume_state
+    from allinone_basicsr.utils.resume import load_resume_state
 
     import basicsr.train
     import basicsr.utils.dist_util as dist_util

@@ -1,4 +1,4 @@
-"""``python -m allinone_basicsr.table``: the paper's tables as data (tables/*.yml), rendered from the results that
+"""``python -m allinone_basicsr.tools.table``: the paper's tables as data (tables/*.yml), rendered from the results that
 exist (ours, the paper's, the difference; rows not run marked), checked specs with errors naming the row and the
 file, and one CPU smoke run that trains and tests every row of every shipped spec at demo scale."""
 import csv
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pipeline_util import run_python
 
-from allinone_basicsr import table as tb
+from allinone_basicsr.tools import table as tb
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -245,7 +245,7 @@ def test_smoke_trains_and_tests_every_row_of_every_spec(tmp_path):
     and test at demo scale on the CPU, and each table is written from those runs with numbers in every cell its
     row's test file scores (no row 'not run')."""
     start = time.time()
-    proc = run_python(['-m', 'allinone_basicsr.table', *SPECS, '--smoke', '--smoke-dir', str(tmp_path / 'smoke'),
+    proc = run_python(['-m', 'allinone_basicsr.tools.table', *SPECS, '--smoke', '--smoke-dir', str(tmp_path / 'smoke'),
                        '--smoke-iters', '2'], cwd=tmp_path, timeout=600, threads=1)
     duration = time.time() - start
     print(f'table --smoke on {len(SPECS)} specs: {duration:.0f} s')

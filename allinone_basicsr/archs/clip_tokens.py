@@ -19,7 +19,7 @@ Weights (``clip_pretrained``):
     * a local file: open_clip's ``open_clip_pytorch_model.bin`` / ``.safetensors`` (full CLIP, ``visual.*`` keys),
       or a bare visual-tower state dict, read weights-only (nothing in the file runs). OpenAI's original
       ``ViT-L-14.pt`` is a TorchScript archive (loading it runs code): convert it once with
-      ``python -m allinone_basicsr.convert ViT-L-14.pt OUT.pth --trust-pickle`` if you trust it.
+      ``python -m allinone_basicsr.tools.convert ViT-L-14.pt OUT.pth --trust-pickle`` if you trust it.
     * an open_clip pretrained tag such as ``openai``: downloaded (and cached) by open_clip on first use. Without
       network this fails with a message naming the file to fetch and where to put it.
 
@@ -105,7 +105,7 @@ def clip_vision_config(model_name, overrides=None):
 
 def _load_state_dict_file(path):
     """Read a CLIP weight file in any of the layouts listed in the module docstring; returns the visual keys."""
-    from ..models.checkpoint_util import load_checkpoint, strip_prefix
+    from allinone_basicsr.utils.checkpoint import load_checkpoint, strip_prefix
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         state = load_file(path)
@@ -116,7 +116,7 @@ def _load_state_dict_file(path):
             raise RuntimeError(
                 f'network_g.clip_pretrained: cannot read the CLIP weights {path!r} as a weights-only file '
                 f'({load_error}). OpenAI\'s original ViT-L-14.pt is a TorchScript archive, which runs code when '
-                f'loaded: if you trust it, convert it once (python -m allinone_basicsr.convert {path} '
+                f'loaded: if you trust it, convert it once (python -m allinone_basicsr.tools.convert {path} '
                 f'clip_vit_l14.pth --trust-pickle) and name the converted file, or use open_clip\'s '
                 f'open_clip_pytorch_model.bin') from None
     for wrapper in ('state_dict', 'model', 'params'):

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from allinone_basicsr.utils.arch_options import check_arch_options
+
 from basicsr.utils.registry import ARCH_REGISTRY
-from .arch_util import TaskLogitsArch, check_arch_options
+from .arch_util import TaskLogitsArch
 from .promptir_arch import _PromptIRLayout
 from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
 
@@ -206,6 +208,7 @@ class PromptDSANet(_PromptIRLayout, TaskLogitsArch):
         pim_conv (bool): The 3×3 conv that ends each PIM (new relative to PromptIR). Default: True.
     """
     block_class = DsaBlock
+    nullable_options = ('prompt_net', )  # ~: no prompt net (P_i = 1, no logits)
 
     @classmethod
     def missing_task_logits(cls, options):

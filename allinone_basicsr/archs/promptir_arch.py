@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from allinone_basicsr.utils.arch_options import check_arch_options
+
 from basicsr.utils.registry import ARCH_REGISTRY
-from .arch_util import check_arch_options
 from .restormer_blocks import Downsample, OverlapPatchEmbed, TransformerBlock, Upsample, crop_output, pad_to_multiple
 
 

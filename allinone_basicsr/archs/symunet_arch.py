@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from allinone_basicsr.utils.arch_options import check_arch_options
+
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
-from .arch_util import check_arch_options
 from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, embedded_clip_tokenizer,
                           hf_clip_to_open_clip_visual, resolve_clip_model_name, resolve_clip_weights,
                           shared_clip_tokenizer, tower_differences)
@@ -314,9 +315,9 @@ class SESymUNet(SymUNet):
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         """``nn.Module.load_state_dict``; a state dict that embeds the official CLIPModel (``clip_model.*`` keys, or
-        a :class:`~allinone_basicsr.models.checkpoint_util.NetworkState` that set them apart) goes through
+        a :class:`~allinone_basicsr.utils.checkpoint.NetworkState` that set them apart) goes through
         :meth:`load_official_state`."""
-        from ..models.checkpoint_util import CLIP_PREFIX, split_embedded
+        from allinone_basicsr.utils.checkpoint import CLIP_PREFIX, split_embedded
         state = split_embedded(state_dict)
         if CLIP_PREFIX in state.embedded:
             return self.load_official_state(state, strict, assign)
@@ -333,7 +334,7 @@ class SESymUNet(SymUNet):
         otherwise). The text tower is dropped. Then the restorer's keys load (``strict`` as given), and the log
         says what was found and used. Checkpoints saved afterwards hold the restorer only.
         """
-        from ..models.checkpoint_util import CLIP_PREFIX, split_embedded
+        from allinone_basicsr.utils.checkpoint import CLIP_PREFIX, split_embedded
         state = split_embedded(state_dict)
         if CLIP_PREFIX not in state.embedded:
             return super().load_state_dict(state, strict, assign)

@@ -1,31 +1,17 @@
 """Synthetic degradations on HxWx3 uint8 RGB images (pure numpy / OpenCV).
 
 * ``add_gaussian_noise``: the noise model of the official PromptIR / SymUNet code (train and test).
-* ``noise_rng`` / ``stable_seed``: generators seeded from an image key, the same in every process and machine;
+* ``noise_rng``: generators seeded from an image key (``utils.seeds.stable_seed``), the same in every process and
+  machine;
   ``format_sigma``: a noise level as it appears in seeds and names (``25``, ``12.5``).
 * ``add_rain`` / ``add_haze``: the synthetic rain streaks and haze of the bundled demo data set. They are
   moderate and smooth on purpose, so that a small network trained for a few minutes on CPU can learn to invert
   them; they are not a model of the Rain100L / RESIDE data.
 """
-import hashlib
-
 import cv2
 import numpy as np
 
-
-def stable_seed(text):
-    """A 63-bit integer seed from a string, identical in every process, run and machine.
-
-    Python's ``hash()`` is salted per process, so it must not be used for seeds; this uses SHA-256.
-
-    Args:
-        text (str): Any string, e.g. ``'coffee_000|25'``.
-
-    Returns:
-        int: Seed in [0, 2**63).
-    """
-    digest = hashlib.sha256(str(text).encode('utf-8')).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
+from allinone_basicsr.utils.seeds import stable_seed
 
 
 def format_sigma(sigma):

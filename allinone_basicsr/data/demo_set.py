@@ -24,8 +24,10 @@ from os import path as osp
 import cv2
 import numpy as np
 
+from allinone_basicsr.utils.seeds import stable_seed
+
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from .degradations import add_haze, add_rain, stable_seed
+from .degradations import add_haze, add_rain
 
 # skimage.data photos that ship with the wheel (others need pooch downloads). chelsea == cat: use one of them.
 TRAIN_PHOTOS = ('astronaut', 'immunohistochemistry', 'hubble_deep_field', 'retina', 'camera', 'coins', 'clock',

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch.utils import data as data
 
+from allinone_basicsr.utils.lmdb import checked_lmdb
+
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
 from .degradations import add_gaussian_noise, format_sigma, noise_rng
 from .image_io import IMG_EXTENSIONS, to_bgr8
-from .lmdb_check import checked_lmdb
 
 DEFAULT_DEGRADATION_CLASSES = ('noise', 'rain', 'haze', 'blur', 'lowlight')
 

@@ -1,4 +1,4 @@
 """Imports every `*_model.py` module of this folder, so its classes register in BasicSR's registry."""
-from .._scan import import_modules
+from allinone_basicsr.utils.scan import import_modules
 
 _modules = import_modules(__name__, __file__, 'model')

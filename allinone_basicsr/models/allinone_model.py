@@ -7,20 +7,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from allinone_basicsr.archs.arch_util import AfterStepArch, has_task_logits
+from allinone_basicsr.metrics.routing_accuracy_metric import routing_vote
+from allinone_basicsr.utils.checkpoint import (atomic_torch_save, check_state_dict_fits, extract_state_dict,
+                                               load_checkpoint, save_network_file)
+from allinone_basicsr.utils.metric_table import MetricTable, SetScores, set_row
+from allinone_basicsr.utils.resume import restore_rng_states, training_state
+
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from ..archs.arch_util import AfterStepArch, has_task_logits
-from ..metrics.metric_table import MetricTable, SetScores, set_row
-from ..metrics.routing_accuracy_metric import routing_vote
-from ..resume import restore_rng_states, resume_with_changed_schedule, training_state
-from .checkpoint_util import (atomic_torch_save, check_state_dict_fits, extract_state_dict, load_checkpoint,
-                              save_network_file)
 from .distributed import broadcast_buffers, gather_scores, match_gradient_strides, shard
 from .loss_guard import DeferredLog, NonFiniteGuard, check_labels
-from .optimization import optimizer_class, scheduler_class
+from .optimization import optimizer_class, resume_with_changed_schedule, scheduler_class
 from .precision import EvalPrecision, TrainPrecision, without_cudnn_autotuning
 
 

@@ -32,8 +32,8 @@ resume    Exact resume: ``python -m allinone_basicsr.train`` on a demo LMDB tree
           EMA, launched by ``torchrun --nproc_per_node=1 --launcher pytorch`` (NCCL on CUDA), and DaAIR with its
           router loss, one process. The ``torchrun`` row reads the first run's log: backend, world size,
           distributed validation, checkpoint.
-restore   ``python -m allinone_basicsr.restore`` on the device, whole images and ``--tile``: the tiled output within
-          :data:`TILE_PSNR` dB of the untiled one, and the blend itself exact (a pixel-wise network gives equal
+restore   the restore tool on the device, whole images and ``--tile``: the tiled output within :data:`TILE_PSNR`
+          dB of the untiled one, and the blend itself exact (a pixel-wise network gives equal
           outputs, tiled or not).
 official  With ``--official-symunet`` / ``--official-promptir`` (local checkouts of the official repositories):
           both archs at the paper config, ours loading the official weights (``strict=True``): outputs equal (TF32
@@ -76,8 +76,8 @@ import yaml
 import allinone_basicsr
 from allinone_basicsr.data.degradations import add_gaussian_noise, noise_rng
 from allinone_basicsr.data.demo_set import build_demo_data, make_images
-from allinone_basicsr.models.checkpoint_util import save_network_file
 from allinone_basicsr.models.precision import AMP_DTYPES, autocast
+from allinone_basicsr.utils.checkpoint import save_network_file
 from allinone_basicsr.utils.official import load_official
 from allinone_basicsr.utils.probes import RecordHostReads, SdpaBackends, record_cuda_syncs
 from allinone_basicsr.utils.smoke import compress_schedule, smoke_network, without_pretrained
@@ -719,7 +719,7 @@ def report_torchrun(report, settings, log, exp, iters, name):
 
 # --------------------------------------------------------------------------------------------------------- restore
 def run_restore(report, settings):
-    from allinone_basicsr.restore import restore_tensor
+    from .restore import restore_tensor
     folder = osp.join(settings.work, 'restore')
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(osp.join(folder, 'input'))
@@ -743,8 +743,9 @@ def run_restore(report, settings):
         cv2.imwrite(osp.join(folder, 'input', f'{key}.png'), img[..., ::-1])
     outputs = {}
     for label, extra in (('whole', []), ('tiled', ['--tile', str(tile), '--tile-overlap', str(overlap)])):
-        args = [sys.executable, '-m', 'allinone_basicsr.restore', '-opt', osp.join(folder, 'restore.yml'), '--input',
-                osp.join(folder, 'input'), '--output', osp.join(folder, label), '--device', str(settings.device)]
+        args = [sys.executable, '-m', 'allinone_basicsr.tools.restore', '-opt', osp.join(folder, 'restore.yml'),
+                '--input', osp.join(folder, 'input'), '--output', osp.join(folder, label),
+                '--device', str(settings.device)]
         start = time.time()
         rc, stderr = run_command(args + extra, folder, settings, 600, f'restore_{label}')
         if rc:

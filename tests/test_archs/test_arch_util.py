@@ -4,19 +4,19 @@ import warnings
 import pytest
 
 import allinone_basicsr  # noqa: F401
-from allinone_basicsr.archs import arch_util
-from allinone_basicsr.archs.arch_util import check_arch_kwargs, check_arch_options
 from allinone_basicsr.archs.daair_arch import DaAIR
 from allinone_basicsr.archs.promptdsa_arch import PromptDSANet
 from allinone_basicsr.archs.promptir_arch import PromptIR
 from allinone_basicsr.archs.symunet_arch import SESymUNet, SymUNet
-from allinone_basicsr.option_check import OptionConversionWarning, OptionNotes
+from allinone_basicsr.utils import arch_options
+from allinone_basicsr.utils.arch_options import check_arch_kwargs, check_arch_options
+from allinone_basicsr.utils.option_types import OptionConversionWarning, OptionNotes
 
 
 @pytest.fixture(autouse=True)
 def fresh_notes(monkeypatch):
     """Conversions are warned once per key per process: each test starts with none warned yet."""
-    monkeypatch.setattr(arch_util, '_NOTES', OptionNotes())
+    monkeypatch.setattr(arch_options, '_NOTES', OptionNotes())
 
 
 ARCHS = (SymUNet, SESymUNet, PromptIR, PromptDSANet, DaAIR)
@@ -66,8 +66,9 @@ def test_list_items_are_checked_against_the_defaults_items():
         SESymUNet(cross_attn_heads=[float('nan'), 2, 4])
 
 
-def test_documented_none_is_accepted():
-    """PromptDSANet documents ``prompt_net (str | None)``: None (no prompt net) passes; so do None defaults."""
+def test_declared_none_is_accepted():
+    """PromptDSANet declares ``prompt_net`` nullable (``nullable_options``): None (no prompt net) passes; so do None
+    defaults."""
     assert check_arch_kwargs(PromptDSANet, {'prompt_net': None, 'prompt_dims': None, 'spatial_window': None}) == {
         'prompt_net': None, 'prompt_dims': None, 'spatial_window': None}
 
@@ -109,14 +110,17 @@ def test_a_decorated_class_of_any_kind():
     @check_arch_options
     class Toy:
         """Args:
-            size (int | None): anything or None.
-            names (list[str]): names.
+            size (int | None): an int, or None (declared in nullable_options).
+            names (list[str] | None): names; a docstring alone does not make None valid.
         """
+        nullable_options = ('size', )
 
         def __init__(self, size=3, names=('a', 'b'), mixed=(1, 'x'), scale=1.5, cfg=None):
             self.size, self.names, self.mixed, self.scale = size, names, mixed, scale
 
     assert Toy(size=None).size is None
+    with pytest.raises(TypeError, match=r"^network_g\.names: None \(NoneType\) is not a list of strings"):
+        Toy(names=None)
     assert Toy(names=['c']).names == ['c']
     assert Toy(mixed=[None, 2.5]).mixed == [None, 2.5]  # heterogeneous default: items unchecked
     assert Toy(scale=2).scale == 2

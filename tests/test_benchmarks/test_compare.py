@@ -1,4 +1,4 @@
-"""allinone_basicsr.compare: the table equals the per-run CSVs; sizes from the copied option files; the plot (matplotlib
+"""The compare tool: the table equals the per-run CSVs; sizes from the copied option files; the plot (matplotlib
 axes, ticks, labels, PNG and SVG); runs on different sets, duplicate names and inf / nan values never give a quiet
 wrong number."""
 import csv
@@ -10,7 +10,7 @@ import cv2
 import pytest
 import yaml
 
-from allinone_basicsr.compare import CompareWarning, main, plot_metric
+from allinone_basicsr.tools.compare import CompareWarning, main, plot_metric
 
 ROWS = {'run_a': {'set1': 30.5, 'set2': 20.25}, 'run_b': {'set1': 31.0, 'set2': 25.0}}
 NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1]}
@@ -204,7 +204,7 @@ def test_inf_and_nan_drawn_shown_and_kept_out_of_the_average(tmp_path):
 
 
 def test_command_line_errors_are_one_message_and_warnings_one_line(tmp_path, monkeypatch, capsys):
-    from allinone_basicsr import compare
+    from allinone_basicsr.tools import compare
     _write_run(tmp_path / 'run_a', {'set1': 30.5}, yml=False)
     _write_run(tmp_path / 'run_b', {'set2': 31.0}, yml=False)
     monkeypatch.setattr(sys, 'argv', ['compare', str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out',

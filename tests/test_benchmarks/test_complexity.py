@@ -52,11 +52,11 @@ def one_thread():
 
 
 def _old_way(net, size):
-    """``allinone_basicsr.complexity.analyse`` (the real attention computed while tracing), and every operator's
+    """``allinone_basicsr.utils.complexity.analyse`` (the real attention computed while tracing), and every operator's
     count of that analysis."""
     from mmengine.analysis import FlopAnalyzer
 
-    from allinone_basicsr.complexity import analyse
+    from allinone_basicsr.utils.complexity import analyse
     analyzer = FlopAnalyzer(net.eval(), (torch.rand(1, 3, size, size),))
     analyzer.set_op_handle('aten::scaled_dot_product_attention', complexity.sdpa_macs)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

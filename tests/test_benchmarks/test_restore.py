@@ -1,4 +1,4 @@
-"""allinone_basicsr.restore: any image format, tiled inference close to untiled, memory bounded by the tile."""
+"""allinone_basicsr.tools.restore: any image format, tiled inference close to untiled, memory bounded by the tile."""
 
 import os
 
@@ -9,9 +9,9 @@ import torch
 import yaml
 from pipeline_util import run_python
 
-from allinone_basicsr import restore
+from allinone_basicsr.tools import restore
 from allinone_basicsr.archs.symunet_arch import SymUNet
-from allinone_basicsr.restore import main, read_image, restore_tensor
+from allinone_basicsr.tools.restore import main, read_image, restore_tensor
 
 TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1],
         'restormer_heads': [1, 2, 4], 'restormer_middle_heads': 8}
@@ -66,7 +66,7 @@ def test_tiled_output_agrees_with_untiled():
 
 
 def test_blend_mask_is_made_once_per_tile_shape(monkeypatch):
-    from allinone_basicsr import restore
+    from allinone_basicsr.tools import restore
 
     def net(x):  # the blending is what is tested; any per-pixel map shows misweighted seams
         return x * x + 1
@@ -93,7 +93,7 @@ def _peak_rss_growth_mb(side, tile):
 import resource, torch, warnings
 warnings.simplefilter("ignore")
 from allinone_basicsr.archs.symunet_arch import SymUNet
-from allinone_basicsr.restore import restore_tensor
+from allinone_basicsr.tools.restore import restore_tensor
 net = SymUNet(width=8, enc_blk_nums=[1, 1, 1], middle_blk_num=1, dec_blk_nums=[1, 1, 1]).eval()
 img = torch.rand(1, 3, {side}, {side})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -315,7 +315,7 @@ def test_command_exit_status_and_summary(tmp_path, opt_file):
     folder.mkdir()
     (folder / 'a_bad.jpg').write_bytes(_encoded('.jpg')[:300])
     (folder / 'b.png').write_bytes(_encoded('.png'))
-    proc = run_python(['-m', 'allinone_basicsr.restore', '-opt', str(opt_file), '--input', str(folder),
+    proc = run_python(['-m', 'allinone_basicsr.tools.restore', '-opt', str(opt_file), '--input', str(folder),
                        '--output', str(out), '--device', 'cpu'], check=False, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert 'a_bad.jpg: truncated JPEG' in proc.stderr and cv2.imread(str(out / 'b.png')).shape == (48, 40, 3)

@@ -4,7 +4,8 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio
 
 import allinone_basicsr  # noqa: F401  (import before basicsr)
-from allinone_basicsr.data.degradations import add_gaussian_noise, add_haze, add_rain, noise_rng, stable_seed
+from allinone_basicsr.data.degradations import add_gaussian_noise, add_haze, add_rain, noise_rng
+from allinone_basicsr.utils.seeds import stable_seed
 
 
 def _photo():

@@ -109,7 +109,7 @@ def test_damaged_data_file_is_named(lmdbs, damage, tmp_path):
     assert expected[1] in str(err.value)
     with pytest.raises(expected[0], match=f'^{re.escape(f"LMDB {path}")}.*{re.escape(expected[1])}'):
         FileClient('lmdb', db_paths=path)
-    from allinone_basicsr.data.lmdb_check import BrokenLmdbError, check_lmdb
+    from allinone_basicsr.utils.lmdb import BrokenLmdbError, check_lmdb
     with pytest.raises(BrokenLmdbError if expected[0] is ValueError else expected[0], match=re.escape(expected[1])):
         check_lmdb(path)
 

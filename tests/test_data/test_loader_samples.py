@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from allinone_basicsr.data.mixed_degradation_dataset import MixedDegradationDataset, decode_image
-from allinone_basicsr.resume import SeededDataset, sample_seed
+from allinone_basicsr.utils.resume import SeededDataset
+from allinone_basicsr.utils.seeds import sample_seed
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

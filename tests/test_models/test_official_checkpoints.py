@@ -3,7 +3,7 @@
 Every file is built from our own random weights at tiny configs in the official layout (see ``test_convert.py``):
 BasicSR's ``{'params': ...}`` (official SymUNet), the official SE-SymUNet file with the Hugging Face CLIPModel under
 ``clip_model.*``, PromptIR's Lightning ``model.ckpt``. They load through ``path.pretrain_network_g`` as they are,
-and after ``python -m allinone_basicsr.convert`` every ``options/test_*.yml`` scores a converted file with the
+and after ``python -m allinone_basicsr.tools.convert`` every ``options/test_*.yml`` scores a converted file with the
 same numbers.
 """
 import argparse
@@ -185,7 +185,7 @@ def read_table(path):
 def test_each_test_option_file_scores_a_converted_file(tmp_path):
     """For every ``options/test_*.yml``, at its arch's tiny size on one-image LMDBs at its own dataset paths: a file in
     the method's released layout (our own BasicSR file for DaAIR and PromptDSANet, which have no release) goes
-    through ``python -m allinone_basicsr.convert --opt``, and ``python -m allinone_basicsr.test`` builds the file's
+    through the convert tool (``--opt``), and ``python -m allinone_basicsr.test`` builds the file's
     datasets and network from the converted file and writes the table of all its sets. The three released layouts
     are also scored as they are (SE-SymUNet with no CLIP file): the same numbers as after conversion."""
     roots = {d[k] for name in OPTION_FILES for d in yaml.safe_load((REPO / 'options' / name).read_text())['datasets']
@@ -207,7 +207,7 @@ def test_each_test_option_file_scores_a_converted_file(tmp_path):
             converted['clip_pretrained'] = str(lean.parent / f'{stem}_clip_visual.pth')
         run_file = tmp_path / f'{stem}.yml'
         run_file.write_text(yaml.safe_dump(scored_run(opt, f'{opt["name"]}_converted', converted, str(lean))))
-        commands += [['allinone_basicsr.convert', str(official), str(lean), '--opt', str(run_file)],
+        commands += [['allinone_basicsr.tools.convert', str(official), str(lean), '--opt', str(run_file)],
                      ['allinone_basicsr.test', '-opt', str(run_file)]]
         runs[f'{opt["name"]}_converted'] = (arch, lean, opt)
         if name in OFFICIAL_RELEASES:

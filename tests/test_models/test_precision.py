@@ -9,7 +9,7 @@ import yaml
 from test_allinone_model import TINY, batch, make_opt
 
 from allinone_basicsr.models import precision
-from allinone_basicsr.option_check import check_options
+from allinone_basicsr.utils.options import check_options
 
 from basicsr.models import build_model
 

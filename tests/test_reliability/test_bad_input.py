@@ -74,7 +74,7 @@ def test_nonfinite_loss_skips_the_step_and_stops_after_the_limit(tmp_path, caplo
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    from allinone_basicsr.models import checkpoint_util
+    from allinone_basicsr.utils import checkpoint as checkpoint_util
     path = tmp_path / 'net_g_latest.pth'
     checkpoint_util.atomic_torch_save({'params': {'w': torch.ones(3)}}, str(path))
 

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 from allinone_basicsr import _compat
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
-from allinone_basicsr.resume import gather_rng_states, get_rng_states, load_resume_state, restore_rng_states
 from allinone_basicsr.utils.probes import RecordHostReads
+from allinone_basicsr.utils.resume import gather_rng_states, get_rng_states, load_resume_state, restore_rng_states
 
 from basicsr.data.prefetch_dataloader import CUDAPrefetcher
 from basicsr.models import build_model
@@ -222,8 +222,8 @@ def test_prefetcher_reads_nothing_before_reset(monkeypatch, cuda):
 def test_deterministic_option_sets_cudnn_and_torch_modes(monkeypatch):
     """``deterministic: true``: no cuDNN autotuning, cuDNN and torch's deterministic algorithms (warn-only), cuBLAS's
     fixed workspace; without it cuDNN autotunes (BasicSR's setting)."""
-    from allinone_basicsr.option_check import check_options
     from allinone_basicsr.train import configure_determinism
+    from allinone_basicsr.utils.options import check_options
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())

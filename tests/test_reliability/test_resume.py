@@ -93,7 +93,7 @@ def test_corrupt_latest_state_falls_back_to_the_previous_one(workdir, straight):
 
 # DataParallel (num_gpu > 1 without a launcher): BasicSR's loader batch is batch_size_per_gpu × num_gpu. Emulated on
 # the CPU by building the training loader with num_gpu=2 (the model stays on the CPU).
-DATAPARALLEL_LOADER = ('import allinone_basicsr.resume as resume, allinone_basicsr.train as train\n'
+DATAPARALLEL_LOADER = ('import allinone_basicsr.utils.resume as resume, allinone_basicsr.train as train\n'
                        'from basicsr.data import build_dataloader\n'
                        'resume.build_dataloader = lambda *args, **kw: build_dataloader(*args, **dict(kw, num_gpu=2))\n'
                        'train.main()\n')

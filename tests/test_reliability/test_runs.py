@@ -94,7 +94,7 @@ def test_stale_lock_and_killed_writes_are_cleaned_up(workdir):
 def test_resume_with_a_longer_schedule_continues_with_it(workdir):
     """4 iterations of a 4-iteration cosine, then --auto_resume with total_iter 8 and periods [8]: training reaches 8
     and the learning rate follows the new cosine from step 4 (BasicSR restored the old periods and failed)."""
-    from allinone_basicsr.recipe import LearningRateCurve
+    from allinone_basicsr.tools.recipe import LearningRateCurve
     opt = options('longer', 4)
     run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'longer', opt)], workdir)
     opt = options('longer', 8, periods=[8])

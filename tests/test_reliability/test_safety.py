@@ -11,7 +11,7 @@ import torch
 import yaml
 from pipeline_util import run_python as run
 
-from allinone_basicsr.models import checkpoint_util
+from allinone_basicsr.utils import checkpoint as checkpoint_util
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1,
@@ -72,7 +72,7 @@ def test_hostile_checkpoint_never_runs_through_train_test_restore(workdir):
     failures = []
     for args in (['-m', 'allinone_basicsr.train', '-opt', write(workdir, 't.yml', options('train', 'evil', str(evil)))],
                  ['-m', 'allinone_basicsr.test', '-opt', write(workdir, 'e.yml', options('test', 'evil_t', str(evil)))],
-                 ['-m', 'allinone_basicsr.restore', '-opt', 'e.yml', '--input', 'photos', '--output', 'out']):
+                 ['-m', 'allinone_basicsr.tools.restore', '-opt', 'e.yml', '--input', 'photos', '--output', 'out']):
         proc = run(args, workdir, check=False, timeout=300)
         failures.append(proc.returncode)
         assert 'posix.system' in proc.stderr and '--trust-pickle' in proc.stderr, proc.stderr[-2000:]

@@ -7,8 +7,8 @@ two meta pages (LMDB reads them with ``pread``, and they are checked to lie with
 the newest meta page gives the data, ``(last_pgno + 1) * psize``, with the size of ``data.mdb``.
 
 Used where the datasets list an LMDB source (``mixed_degradation_dataset.list_source``, the errors name the option
-key) and where BasicSR's LMDB backend opens its environments (``_compat._patch_lmdb_backend``), so stock BasicSR
-datasets on a truncated LMDB get the error as well.
+key) and where BasicSR's LMDB backend opens its environments (:func:`shared_lmdb`, which ``_compat`` makes the
+backend use), so stock BasicSR datasets on a truncated LMDB get the error as well.
 """
 from contextlib import contextmanager
 from os import path as osp
@@ -65,12 +65,24 @@ def open_lmdb(path, where=None, **kwargs):
     return env
 
 
+_SHARED = {}  # (real path, readonly, lock, readahead) -> the environment this process shares for it
+
+
+def shared_lmdb(path, readonly=True, lock=False, readahead=False, **kwargs):
+    """The process's one environment of the LMDB at ``path`` with these flags, opened (and checked) on first use:
+    lmdb >= 1 refuses to open one environment twice in a process, and BasicSR's LMDB backend opens one per dataset
+    (``_compat`` makes it take them from here)."""
+    key = (osp.realpath(path), readonly, lock, readahead)
+    if key not in _SHARED:
+        # checked before any page is read: a truncated data.mdb is an error naming it, not a SIGBUS
+        _SHARED[key] = open_lmdb(path, readonly=readonly, lock=lock, readahead=readahead, **kwargs)
+    return _SHARED[key]
+
+
 def _shared_env(path):
-    """The environment this process already shares for ``path`` (``_compat``'s LMDB backend), else None: lmdb
-    refuses a second open of one environment in a process."""
-    from .. import _compat
+    """The environment this process already shares for ``path`` (any flags), else None."""
     real = osp.realpath(path)
-    return next((env for key, env in _compat._LMDB_ENVS.items() if key[0] == real), None)
+    return next((env for key, env in _SHARED.items() if key[0] == real), None)
 
 
 @contextmanager
@@ -98,4 +110,4 @@ def check_lmdb(path, where=None):
         pass
 
 
-__all__ = ['BrokenLmdbError', 'check_env', 'check_lmdb', 'checked_lmdb', 'open_lmdb']
+__all__ = ['BrokenLmdbError', 'check_env', 'check_lmdb', 'checked_lmdb', 'open_lmdb', 'shared_lmdb']

@@ -56,7 +56,7 @@ def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
     """``torch.load`` on the CPU with ``weights_only=True`` (tensors, numbers, strings, containers and the pure-data
     classes of ``SAFE_GLOBALS``): nothing in the file can run code. A file that needs anything else is refused with
     an :class:`UnsafeCheckpointError` naming the file and the offending globals, and how to convert it once with
-    ``python -m allinone_basicsr.convert IN OUT --trust-pickle`` if its source is trusted. The official PromptIR
+    ``python -m allinone_basicsr.tools.convert IN OUT --trust-pickle`` if its source is trusted. The official PromptIR
     release (a Lightning checkpoint: state dict, optimizer and scheduler states, loop and callback metadata) loads.
     """
     check_torch_file(path, key)
@@ -73,7 +73,7 @@ def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
         raise UnsafeCheckpointError(
             f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({", ".join(offending)}); '
             'loading it could run code from the file, so it is refused. If you trust its source, convert it once to '
-            f'a weights-only file: python -m allinone_basicsr.convert {path} CONVERTED.pth --trust-pickle, then '
+            f'a weights-only file: python -m allinone_basicsr.tools.convert {path} CONVERTED.pth --trust-pickle, then '
             f'point {key} at CONVERTED.pth.') from None
 
 

@@ -1,6 +1,6 @@
 """Convert a checkpoint once into the lean, weights-only format the package loads.
 
-    python -m allinone_basicsr.convert IN OUT [--param-key params] [--trust-pickle] [--clip-out FILE]
+    python -m allinone_basicsr.tools.convert IN OUT [--param-key params] [--trust-pickle] [--clip-out FILE]
                                               [--arch TYPE] [--opt OPTION_FILE]
 
 Reads IN in any layout ``path.pretrain_network_g`` understands (BasicSR ``params`` / ``params_ema`` as the official
@@ -28,8 +28,8 @@ import sys
 
 import torch
 
-from allinone_basicsr.models.checkpoint_util import (CLIP_PREFIX, UnsafeCheckpointError, atomic_torch_save,
-                                                     check_torch_file, extract_state_dict, load_checkpoint)
+from allinone_basicsr.utils.checkpoint import (CLIP_PREFIX, UnsafeCheckpointError, atomic_torch_save, check_torch_file,
+                                               extract_state_dict, load_checkpoint)
 
 CLIP_SUFFIX = '_clip_visual.pth'
 
@@ -113,7 +113,7 @@ def network_options(arch=None, opt_file=None):
 def check_fits(dst, report, arch=None, opt_file=None):
     """Build the network (``--opt`` / ``--arch``), load ``dst`` into it strictly and the CLIP file into its tower."""
     import allinone_basicsr  # noqa: F401  (registers the archs)
-    from allinone_basicsr.models.checkpoint_util import check_state_dict_fits
+    from allinone_basicsr.utils.checkpoint import check_state_dict_fits
 
     from basicsr.utils.registry import ARCH_REGISTRY
     network = network_options(arch, opt_file)

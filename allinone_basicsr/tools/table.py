@@ -1,8 +1,8 @@
 """A paper's table with our numbers beside the printed ones: one spec file per table, one command.
 
-    python -m allinone_basicsr.table tables/daair_table1.yml [more specs] [--root DIR] [--out DIR] [--no-macs]
-    python -m allinone_basicsr.table tables/*.yml --smoke [--smoke-dir DIR] [--smoke-iters 3]
-    python -m allinone_basicsr.table tables/daair_table4.yml --commands   (the train / test commands of its rows)
+    python -m allinone_basicsr.tools.table tables/daair_table1.yml [more specs] [--root DIR] [--out DIR] [--no-macs]
+    python -m allinone_basicsr.tools.table tables/*.yml --smoke [--smoke-dir DIR] [--smoke-iters 3]
+    python -m allinone_basicsr.tools.table tables/daair_table4.yml --commands   (the train / test commands of its rows)
     allinone-table ...                          (console script)
 
 A table spec (``tables/<paper>_<table>.yml``) is data: the paper's columns (test sets, averages, parameters, MACs,
@@ -48,7 +48,7 @@ from allinone_basicsr.utils.smoke import SMOKE_NETWORKS  # noqa: F401  (the size
 from allinone_basicsr.utils.smoke import shrink_test_options, shrink_train_options
 from allinone_basicsr.utils.smoke import smoke_network as _smoke_network
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COLUMN_KINDS = ('set', 'average', 'params', 'gmacs', 'text')
 SPEC_KEYS = {'title', 'paper', 'source', 'metrics', 'columns', 'rows', 'notes'}
 COLUMN_KEYS = {'key', 'label', 'kind', 'test_set', 'average', 'size', 'note'}
@@ -344,7 +344,7 @@ def count_macs(net, size):
                 return float(analyse(net, size)[0])
             except Exception:  # noqa: BLE001 (fall back to the package's counter)
                 pass
-        from allinone_basicsr.complexity import analyse as package_analyse
+        from allinone_basicsr.utils.complexity import analyse as package_analyse
         return float(package_analyse(net, size)[0])
 
 
@@ -855,7 +855,7 @@ def row_commands(specs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m allinone_basicsr.table',
+        prog='python -m allinone_basicsr.tools.table',
         description="Write a paper's table (tables/<paper>_<table>.yml) with our results beside the paper's numbers "
         '(markdown + CSV); --smoke trains and tests every row at demo scale on the CPU first.')
     parser.add_argument('specs', nargs='+', metavar='SPEC', help='table spec files, e.g. tables/daair_table1.yml')

@@ -1,6 +1,6 @@
 """Model complexity by mmengine's analysis, with scaled_dot_product_attention counted (mmengine counts it as 0).
 
-Used by ``benchmarks/complexity.py`` and ``allinone_basicsr.compare --macs``.
+Used by ``benchmarks/complexity.py`` and ``allinone_basicsr.tools.compare --macs``.
 """
 import torch
 

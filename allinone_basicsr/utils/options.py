@@ -7,199 +7,20 @@ CUDA as a driver error. :func:`check_options` validates every key the plugin rea
 pipelines rely on, right after the options are parsed; an error names the key path (``train.optim_g.lr``), the
 value, its type and what was expected.
 
-Rules for numbers (:func:`to_number`, :func:`to_int`):
-
-- a bool is never a number (``lr: true`` is an error);
-- a string that reads as a number (``'2e-3'``, ``'1e4'``, ``'20'``) is the number it means: converted in place, and
-  the conversion is reported once per key (``logger.warning``, or ``warnings.warn`` without a logger);
-- where an int is expected, a float with an integral value (BasicSR's ``!!float 2e4``) is that int;
-- NaN (and infinity, unless the key allows it) is an error.
+Values are read by the converters of :mod:`.option_types` (numbers written as strings, integral floats).
 
 Unknown keys are not errors here (BasicSR reads many; the plugin's datasets and archs reject unknown keys of their
 own). :func:`check_training_state` checks the content of a training state before resuming from it.
 """
-import math
 import numbers
-import re
-import warnings
 
-__all__ = ['OptionConversionWarning', 'OptionNotes', 'check_options', 'check_training_state', 'conversion_message',
-           'to_bool', 'to_int', 'to_list', 'to_number', 'to_str']
+from .arch_options import check_arch_kwargs
+from .option_types import OptionNotes, expectation, fail, to_bool, to_int, to_list, to_number, to_str
+
+__all__ = ['COMPILE_KEYS', 'check_options', 'check_training_state']
 
 # torch.compile's keywords that a compile option (train.compile / val.compile) may give
 COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
-_EXPONENT_WITHOUT_DOT = re.compile(r'^([+-]?\d+)([eE][+-]?\d+)$')
-
-
-class OptionConversionWarning(UserWarning):
-    """A string option was read as the number it spells (``lr: 2e-3`` without ``!!float``)."""
-
-
-def conversion_message(key, raw, value):
-    """What a string-to-number conversion reports, with the spelling that avoids it."""
-    text = raw.strip()
-    match = _EXPONENT_WITHOUT_DOT.match(text)
-    if match:
-        hint = (f'YAML reads {text} (no dot) as a string; write {match[1]}.0{match[2]} or !!float {text}')
-    else:
-        hint = f'write {value!r} without quotes'
-    return f'{key}: the string {raw!r} is read as the number {value!r} ({hint})'
-
-
-class OptionNotes:
-    """Reports conversions, once per key: ``logger.warning`` if a logger is given, else ``warnings.warn``
-    (:class:`OptionConversionWarning`). ``messages`` keeps them all, in order."""
-
-    def __init__(self, logger=None):
-        self.logger = logger
-        self.messages = []
-        self._seen = set()
-
-    def __call__(self, key, raw, value):
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        message = conversion_message(key, raw, value)
-        self.messages.append(message)
-        if self.logger is not None:
-            self.logger.warning(message)
-        else:
-            warnings.warn(message, OptionConversionWarning, stacklevel=2)
-
-
-# ---------------------------------------------------------------------------------------------------- value checks
-def _fail(key, value, expected, error=TypeError, suffix=''):
-    raise error(f'{key}: {value!r} ({type(value).__name__}) is not {expected}{suffix}')
-
-
-def _fmt(bound):
-    return f'{bound:g}' if isinstance(bound, float) else str(bound)
-
-
-def _expectation(kind, minimum=None, maximum=None, above=None, below=None, null=False):
-    bounds = []
-    if minimum is not None:
-        bounds.append(f'>= {_fmt(minimum)}')
-    if above is not None:
-        bounds.append(f'> {_fmt(above)}')
-    if maximum is not None:
-        bounds.append(f'<= {_fmt(maximum)}')
-    if below is not None:
-        bounds.append(f'< {_fmt(below)}')
-    text = kind + (' ' + ' and '.join(bounds) if bounds else '')
-    return text + ' or null' if null else text
-
-
-def _parse_number(text):
-    """``'20'`` -> 20, ``'2e-3'`` -> 0.002; None if the string is not a number."""
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def to_number(value, key, *, integer=False, minimum=None, maximum=None, above=None, below=None, null=False,
-              allow_inf=False, note=None, expected=None, suffix=''):
-    """``value`` as a number (an int if ``integer``), checked against the bounds.
-
-    Args:
-        value: The option's value.
-        key (str): Its key path for messages, e.g. ``'train.optim_g.lr'``.
-        integer (bool): An int is expected: integral floats (``2e4``) become ints, other floats are errors.
-        minimum / maximum (number | None): Inclusive bounds. above / below (number | None): Exclusive bounds.
-        null (bool): None is accepted (and returned).
-        allow_inf (bool): Infinity is accepted (e.g. a gradient norm type). NaN never is.
-        note (callable | None): ``note(key, raw, value)`` is called when a string was converted.
-        expected (str | None): What the message says was expected. Default: built from the arguments.
-        suffix (str): Appended to error messages.
-
-    Returns:
-        int | float | None: The number (a string's number; an int for integral floats if ``integer``).
-
-    Raises:
-        TypeError: Not a number (bools, non-numeric strings, other types), or not an int where one is expected.
-        ValueError: Out of bounds, NaN or infinite.
-    """
-    if expected is None:
-        expected = _expectation('an int' if integer else 'a number', minimum, maximum, above, below, null)
-    if value is None:
-        if null:
-            return None
-        _fail(key, value, expected, suffix=suffix)
-    number = value
-    if isinstance(value, str):
-        number = _parse_number(value)
-        if number is None:
-            _fail(key, value, expected, suffix=suffix)
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _fail(key, value, expected, suffix=suffix)
-    if not isinstance(number, numbers.Integral):
-        number = float(number)
-        if math.isnan(number) or (math.isinf(number) and not (allow_inf and not integer)):
-            _fail(key, value, expected, ValueError, suffix)
-        if integer:
-            if number != int(number):
-                _fail(key, value, expected, suffix=suffix)
-            number = int(number)
-        elif not isinstance(value, str):
-            number = value  # a float (or numpy float) stays as it was
-    elif integer or isinstance(value, str):
-        number = int(number)
-    if ((minimum is not None and number < minimum) or (maximum is not None and number > maximum)
-            or (above is not None and number <= above) or (below is not None and number >= below)):
-        _fail(key, value, expected, ValueError, suffix)
-    if isinstance(value, str) and note is not None:
-        note(key, value, number)
-    return number
-
-
-def to_int(value, key, **kwargs):
-    """:func:`to_number` with ``integer=True``."""
-    return to_number(value, key, integer=True, **kwargs)
-
-
-def to_bool(value, key, *, null=False, expected=None, suffix=''):
-    """A bool (YAML ``true`` / ``false``); strings and numbers are errors (``'false'`` would be truthy)."""
-    if value is None and null:
-        return None
-    if isinstance(value, bool) or type(value).__name__ == 'bool_':  # numpy.bool_
-        return bool(value)
-    _fail(key, value, expected or ('a bool (true or false)' + (' or null' if null else '')), suffix=suffix)
-
-
-def to_str(value, key, *, null=False, choices=None, expected=None, suffix=''):
-    """A string (one of ``choices`` if given)."""
-    if expected is None:
-        expected = f'one of {list(choices)}' if choices else 'a string'
-        expected += ' or null' if null else ''
-    if value is None and null:
-        return None
-    if not isinstance(value, str):
-        _fail(key, value, expected, suffix=suffix)
-    if choices is not None and value not in choices:
-        _fail(key, value, expected, ValueError, suffix)
-    return value
-
-
-def to_list(value, key, item=None, *, length=None, null=False, expected=None, suffix=''):
-    """A list (or tuple; returned as a list) whose items pass ``item(value, key)`` (key ``<key>[i]``)."""
-    if expected is None:
-        expected = f'a list of {length}' if length is not None else 'a list'
-        expected += ' or null' if null else ''
-    if value is None and null:
-        return None
-    if not isinstance(value, (list, tuple)):
-        _fail(key, value, expected, suffix=suffix)
-    if length is not None and len(value) != length:
-        _fail(key, value, expected, ValueError, suffix)
-    if item is None:
-        return list(value)
-    return [item(v, f'{key}[{i}]') for i, v in enumerate(value)]
 
 
 # ---------------------------------------------------------------------------------------------------- the walker
@@ -236,7 +57,7 @@ class _Section:
             return None
         value = self.values[key]
         if not isinstance(value, dict):
-            _fail(self.key(key), value, 'a mapping of options' + (' or null' if null else ''))
+            fail(self.key(key), value, 'a mapping of options' + (' or null' if null else ''))
         return _Section(value, self.key(key), self.notes)
 
 
@@ -245,8 +66,8 @@ def _describe_expected(function, kwargs):
         return f"expected {kwargs['expected']}"
     if function in (to_number, to_int):
         kind = 'an int' if function is to_int or kwargs.get('integer') else 'a number'
-        return 'expected ' + _expectation(kind, kwargs.get('minimum'), kwargs.get('maximum'), kwargs.get('above'),
-                                          kwargs.get('below'))
+        return 'expected ' + expectation(kind, kwargs.get('minimum'), kwargs.get('maximum'), kwargs.get('above'),
+                                         kwargs.get('below'))
     if function is to_bool:
         return 'expected a bool (true or false)'
     if function is to_str:
@@ -256,12 +77,12 @@ def _describe_expected(function, kwargs):
 
 def _int_list(minimum=None):
     return lambda v, k, note: to_list(v, k, lambda x, kx: to_int(x, kx, minimum=minimum, note=note),
-                                      expected=f"a list of {_expectation('ints', minimum)}")
+                                      expected=f"a list of {expectation('ints', minimum)}")
 
 
 def _number_list(minimum=None):
     return lambda v, k, note: to_list(v, k, lambda x, kx: to_number(x, kx, minimum=minimum, note=note),
-                                      expected=f"a list of {_expectation('numbers', minimum)}")
+                                      expected=f"a list of {expectation('numbers', minimum)}")
 
 
 def _check_list(section, key, make, required=False):
@@ -350,7 +171,6 @@ def _check_network(net, notes):
                          f'{sorted(ARCH_REGISTRY.keys())}') from None
     if 'arch_option_spec' not in vars(cls):
         return  # not decorated with check_arch_options (BasicSR's own archs): nothing describes its options
-    from .archs.arch_util import check_arch_kwargs
     options = {k: v for k, v in net.values.items() if k != 'type'}
     checked = check_arch_kwargs(cls, options, prefix=net.path, note=notes)
     for k, v in checked.items():

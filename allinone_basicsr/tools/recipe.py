@@ -1,6 +1,6 @@
 """What a training option file will do, printed before anyone books GPUs.
 
-    python -m allinone_basicsr.recipe options/train_promptir.yml [--world-size N] [--root DIR] [--json]
+    python -m allinone_basicsr.tools.recipe options/train_promptir.yml [--world-size N] [--root DIR] [--json]
     allinone-recipe options/train_*.yml          (console script; several files, one report each)
 
 The report gives the world size × batch per GPU = effective batch, the patch size, the samples of every task per
@@ -18,20 +18,18 @@ import json
 import math
 import posixpath
 import sys
-from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from os import path as osp
 
-import torch
 import yaml
 
-from basicsr.models import lr_scheduler as basicsr_lr_scheduler
+from allinone_basicsr.archs.arch_util import missing_task_logits
+from allinone_basicsr.data.degradations import format_sigma
+from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
+from allinone_basicsr.models.optimization import LearningRateCurve
+
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
-from .archs.arch_util import missing_task_logits
-from .data.degradations import format_sigma
-from .data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
-from .models.optimization import optimizer_class, scheduler_class
 
 # Image counts of the public datasets as datasets_prep/prepare_3task.py and prepare_5task.py write them, keyed by the
 # relative paths the shipped option files use (an LMDB, or a key list given as a task's meta_info_file).
@@ -213,76 +211,6 @@ def count_task(root, task, where):
     return images, source, counted
 
 
-class LearningRateCurve:
-    """Learning rate of any iteration of a training run, in closed form (no scheduler is stepped).
-
-    The optimizer and scheduler are built as ``AllInOneModel`` builds them (on one dummy parameter), so unknown
-    arguments fail here as they would in training. BasicSR steps the schedulers once per iteration from iteration 2
-    (``BaseModel.update_learning_rate``), so iteration ``i`` trains with the scheduler's value at
-    ``last_epoch = i - 1``; BasicSR's own warm-up (``train.warmup_iter``) replaces it by ``lr * i / warmup_iter``
-    while ``i < warmup_iter``. A chainable scheduler (BasicSR's MultiStepRestartLR, torch's StepLR, ...) continues
-    from the learning rate that warm-up left, so after such a warm-up it has no closed form (``at`` gives None).
-
-    Args:
-        train_opt (dict): The option file's ``train`` section (not modified).
-    """
-
-    def __init__(self, train_opt):
-        optim_opt = deepcopy(dict(train_opt.get('optim_g') or {}))
-        optim_type = optim_opt.pop('type', None)
-        try:
-            optim_cls = optimizer_class(optim_type)
-        except ValueError as err:
-            raise RecipeError(str(err)) from None
-        try:
-            optimizer = optim_cls([torch.nn.Parameter(torch.zeros(1))], **optim_opt)
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f'train.optim_g: {optim_type}: {err}') from None
-        self.optimizer_type = optim_type
-        self.optimizer_settings = dict(optimizer.defaults)
-        self.base_lr = float(optimizer.defaults['lr'])
-        sched_opt = deepcopy(dict(train_opt.get('scheduler') or {}))
-        self.scheduler_type = sched_opt.pop('type', None)
-        self.scheduler_args = sched_opt
-        try:
-            sched_cls = scheduler_class(self.scheduler_type)
-        except ValueError as err:
-            raise RecipeError(str(err)) from None
-        try:
-            self.scheduler = sched_cls(optimizer, **sched_opt)
-        except (TypeError, ValueError, AssertionError) as err:
-            raise RecipeError(f'train.scheduler: {self.scheduler_type}: {err}') from None
-        self.basicsr_warmup = int(train_opt.get('warmup_iter', -1) or -1)
-        self.from_base_lr = hasattr(self.scheduler, 'lr_at') or isinstance(
-            self.scheduler, basicsr_lr_scheduler.CosineAnnealingRestartLR)  # computed from the base lr every step
-
-    def scheduled(self, t):
-        """The scheduler's learning rate after ``t`` steps (None without a closed form)."""
-        sched = self.scheduler
-        if hasattr(sched, 'lr_at'):  # LinearWarmupCosineLR
-            return sched.lr_at(self.base_lr, t)
-        if isinstance(sched, basicsr_lr_scheduler.CosineAnnealingRestartLR):
-            sched.last_epoch = t
-            return sched.get_lr()[0]
-        if isinstance(sched, basicsr_lr_scheduler.MultiStepRestartLR):
-            restart = max(r for r in (0, *sched.restarts) if r <= t)
-            weight = sched.restart_weights[list(sched.restarts).index(restart)] if restart in sched.restarts else 1
-            drops = sum(n for m, n in sched.milestones.items() if restart < m <= t and m not in sched.restarts)
-            return self.base_lr * weight * sched.gamma**drops
-        if hasattr(sched, '_get_closed_form_lr'):  # torch's StepLR, CosineAnnealingLR, ...
-            sched.last_epoch = t
-            return sched._get_closed_form_lr()[0]
-        return None
-
-    def at(self, iteration):
-        """Learning rate of training iteration ``iteration`` (1-based, as BasicSR counts)."""
-        if iteration < self.basicsr_warmup:
-            return self.base_lr * iteration / self.basicsr_warmup
-        if self.basicsr_warmup > 0 and not self.from_base_lr:
-            return None
-        return self.scheduled(iteration - 1)
-
-
 def _int_option(value, key):
     try:
         number = float(value)
@@ -431,7 +359,10 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
         if not 0 <= sched['warmup_iter'] < sched['max_iter']:
             raise RecipeError(f"train.scheduler.warmup_iter: {sched['warmup_iter']:,} must be below "
                               f"train.scheduler.max_iter {sched['max_iter']:,} (and >= 0)")
-    curve = LearningRateCurve(train_opt)
+    try:
+        curve = LearningRateCurve(train_opt)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     warmup, warmup_key, end, end_key = _schedule_lengths(curve, total)
 
     notes = []
@@ -709,7 +640,7 @@ def report_dict(r):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m allinone_basicsr.recipe',
+        prog='python -m allinone_basicsr.tools.recipe',
         description='Print what training option files will do (batch, epochs, schedule, losses, data) and check '
         'them.')
     parser.add_argument('option_files', nargs='+', metavar='OPTION_FILE', help='options/train_*.yml')

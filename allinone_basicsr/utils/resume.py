@@ -22,12 +22,7 @@ from torch.utils import data
 
 from basicsr.data import build_dataloader
 from basicsr.data.data_sampler import EnlargedSampler
-from .data.degradations import stable_seed
-
-
-def sample_seed(*parts):
-    """A 63-bit seed from integers (stable across processes and machines): ``stable_seed`` of ``'a/b/c/d'``."""
-    return stable_seed('/'.join(str(int(p)) for p in parts))
+from .seeds import sample_seed
 
 
 class ResumableSampler(EnlargedSampler):
@@ -150,7 +145,7 @@ def load_resume_state(opt):
     cannot be read is skipped with a warning and the one before is used.
     """
     from basicsr.utils import check_resume, scandir
-    from .option_check import check_training_state
+    from .options import check_training_state
 
     if opt['auto_resume']:
         state_path = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
@@ -232,54 +227,3 @@ def training_state(model, epoch, current_iter):
         'run': dict(getattr(model, 'run_info', {}), total_iter=train_opt['total_iter'],
                     scheduler=dict(train_opt['scheduler'])),
     }
-
-
-def schedule_changes(saved, train_opt):
-    """What differs between a state's saved schedule (its ``run`` record) and the option file's ``train`` (empty
-    for states without the record)."""
-    if 'scheduler' not in saved:
-        return []
-    changes = []
-    if saved.get('total_iter') != train_opt['total_iter']:
-        changes.append(f'train.total_iter {saved.get("total_iter")} -> {train_opt["total_iter"]}')
-    old, new = dict(saved['scheduler']), dict(train_opt['scheduler'])
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            changes.append(f'train.scheduler.{key} {old.get(key)} -> {new.get(key)}')
-    return changes
-
-
-def position_scheduler(scheduler, step, train_opt):
-    """Set a freshly built scheduler to ``step`` steps taken, with the learning rate its schedule (``train_opt``'s
-    ``optim_g`` and ``scheduler``) gives there."""
-    from .recipe import LearningRateCurve  # closed forms of the schedules
-    optim_opt = dict(train_opt['optim_g'], type=type(scheduler.optimizer).__name__)  # BasicSR popped 'type'
-    curve = LearningRateCurve({'optim_g': optim_opt, 'scheduler': train_opt['scheduler']})
-    lr = curve.scheduled(step)
-    if lr is None:
-        raise ValueError(f'train.scheduler.type {curve.scheduler_type}: the schedule changed since the state was '
-                         'saved and this scheduler has no closed form to continue from; keep its settings')
-    scheduler.last_epoch = step
-    for group in scheduler.optimizer.param_groups:
-        group['lr'] = lr / curve.base_lr * group['initial_lr']
-    scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
-
-
-def resume_with_changed_schedule(model, state):
-    """When the option file changed the schedule since ``state`` was saved (``train.total_iter`` raised, new
-    ``scheduler`` settings such as ``periods``): load the optimizers and set the schedulers to the saved step with the
-    learning rate the new schedule gives there (BasicSR would restore the old schedule and fail past its end), log
-    what changed and return True. False (nothing done) when the schedule is unchanged."""
-    from basicsr.utils import get_root_logger
-    changes = schedule_changes(state.get('run') or {}, model.opt['train'])
-    if not changes:
-        return False
-    for optimizer, optimizer_state in zip(model.optimizers, state['optimizers']):
-        optimizer.load_state_dict(optimizer_state)
-    step = state['schedulers'][0]['last_epoch']
-    for scheduler in model.schedulers:
-        position_scheduler(scheduler, step, model.opt['train'])
-    get_root_logger().info(f'Resuming with a changed schedule ({"; ".join(changes)}): the schedule continues from '
-                           f'step {step} as the option file now gives it (learning rate '
-                           f'{model.get_current_learning_rate()[0]:.4g}).')
-    return True

@@ -1,6 +1,6 @@
 """Restore arbitrary images with a trained model: any size and format, optional tiled inference.
 
-    python -m allinone_basicsr.restore -opt options/test_symunet.yml --input DIR_OR_IMAGE --output DIR
+    python -m allinone_basicsr.tools.restore -opt options/test_symunet.yml --input DIR_OR_IMAGE --output DIR
                                        [--tile 512 [--tile-overlap 32]] [--device cpu|cuda|cuda:N] [--overwrite]
 
 The network and weights come from the option file (``network_g``, ``path.pretrain_network_g``, any checkpoint
@@ -56,8 +56,8 @@ from tqdm import tqdm
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
 from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
-from allinone_basicsr.models.checkpoint_util import extract_state_dict, load_checkpoint
 from allinone_basicsr.models.precision import amp_dtype, autocast
+from allinone_basicsr.utils.checkpoint import extract_state_dict, load_checkpoint
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -524,7 +524,7 @@ def _reason(err):
 
 def _parser():
     doc = __doc__.split('\n\n')
-    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.restore', description=doc[0],
+    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.tools.restore', description=doc[0],
                                      epilog='\n\n'.join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-opt', required=True, help='a test option file (network_g, path.pretrain_network_g)')
     parser.add_argument('--input', required=True, help='an image or a folder of images (not its sub-folders)')

@@ -1,6 +1,6 @@
 """One comparison table across test runs: a column per test set plus the average, and the size of each model.
 
-    python -m allinone_basicsr.compare results/SymUNet_demo_test results/DaAIR_demo_test ... \
+    python -m allinone_basicsr.tools.compare results/SymUNet_demo_test results/DaAIR_demo_test ... \
         [--metric psnr] [--out results/compare] [--macs 256] [--common-sets] [--format svg|pdf] \
         [--grid SET:IMAGE ...] [--crop Y X SIZE]
 
@@ -125,7 +125,7 @@ def model_size(opt, macs_size=None):
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     macs = None
     if macs_size:
-        from allinone_basicsr.complexity import analyse
+        from allinone_basicsr.utils.complexity import analyse
         with torch.no_grad():
             macs = analyse(net, macs_size)[0]
     return params, macs
@@ -460,7 +460,8 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.compare', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.tools.compare',
+                                     description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog='\n\n'.join(__doc__.split('\n\n')[2:]))
     parser.add_argument('folders', nargs='+', help='results/<name> folders written by allinone_basicsr.test')
