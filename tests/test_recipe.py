@@ -14,9 +14,9 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from allinone_basicsr.tools import recipe as rc
 from allinone_basicsr.models.lr_scheduler import LinearWarmupCosineLR
 from allinone_basicsr.models.optimization import scheduler_class
+from allinone_basicsr.tools import recipe as rc
 from allinone_basicsr.utils.resume import ResumableSampler
 
 from basicsr.models.base_model import BaseModel

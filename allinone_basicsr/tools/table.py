@@ -312,40 +312,13 @@ def our_cell(column, metrics, results):
 
 
 # --------------------------------------------------------------------------------------------------- efficiency
-_BENCH = {}
-
-
-def _benchmark_analyse():
-    """``benchmarks/complexity.py``'s analyse (attention counted by shape: no N² compute) when this is a source
-    checkout, else None."""
-    if 'analyse' not in _BENCH:
-        _BENCH['analyse'] = None
-        path = osp.join(REPO, 'benchmarks', 'complexity.py')
-        if osp.isfile(path):
-            import importlib.util
-            try:
-                spec = importlib.util.spec_from_file_location('allinone_table_complexity', path)
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                _BENCH['analyse'] = getattr(module, 'analyse', None)
-            except Exception:  # noqa: BLE001 (a changed benchmark file must not break tables: fall back)
-                _BENCH['analyse'] = None
-    return _BENCH['analyse']
-
-
 def count_macs(net, size):
-    """MACs of one 1×3×size×size forward, as ``benchmarks/complexity.py`` counts them (mmengine, attention
-    included)."""
+    """MACs of one 1×3×size×size forward (``utils.complexity``: mmengine, attention counted by shape)."""
     import torch
+
+    from allinone_basicsr.utils.complexity import analyse
     with torch.no_grad():
-        analyse = _benchmark_analyse()
-        if analyse is not None:
-            try:
-                return float(analyse(net, size)[0])
-            except Exception:  # noqa: BLE001 (fall back to the package's counter)
-                pass
-        from allinone_basicsr.utils.complexity import analyse as package_analyse
-        return float(package_analyse(net, size)[0])
+        return float(analyse(net, size)[0])
 
 
 class Efficiency:

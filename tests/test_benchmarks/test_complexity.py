@@ -52,15 +52,15 @@ def one_thread():
 
 
 def _old_way(net, size):
-    """``allinone_basicsr.utils.complexity.analyse`` (the real attention computed while tracing), and every operator's
-    count of that analysis."""
+    """The analysis with the real attention computed while tracing (mmengine plus the SDPA handle only): its
+    (total, SDPA) and every operator's and module's count."""
     from mmengine.analysis import FlopAnalyzer
-
-    from allinone_basicsr.utils.complexity import analyse
     analyzer = FlopAnalyzer(net.eval(), (torch.rand(1, 3, size, size),))
     analyzer.set_op_handle('aten::scaled_dot_product_attention', complexity.sdpa_macs)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return analyse(net, size), analyzer.by_operator(), analyzer.by_module()
+    total = analyzer.total()
+    return (total, analyzer.by_operator().get('scaled_dot_product_attention', 0)), analyzer.by_operator(), \
+        analyzer.by_module()
 
 
 def _fast_way(net, size):

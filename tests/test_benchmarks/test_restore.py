@@ -9,8 +9,8 @@ import torch
 import yaml
 from pipeline_util import run_python
 
-from allinone_basicsr.tools import restore
 from allinone_basicsr.archs.symunet_arch import SymUNet
+from allinone_basicsr.tools import restore
 from allinone_basicsr.tools.restore import main, read_image, restore_tensor
 
 TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1],

@@ -68,7 +68,8 @@ def test_a_checkpoint_with_other_python_objects_is_refused_then_converted(tmp_pa
     from allinone_basicsr.tools.convert import main as convert
     from allinone_basicsr.utils.checkpoint import UnsafeCheckpointError
     torch.save(lightning_checkpoint(reference, hyper_parameters={'opt': _Hparams()}), tmp_path / 'model.ckpt')
-    with pytest.raises(UnsafeCheckpointError, match=r'test_checkpoint_loading\._Hparams.*allinone_basicsr\.tools\.convert '
+    with pytest.raises(UnsafeCheckpointError,
+                       match=r'test_checkpoint_loading\._Hparams.*allinone_basicsr\.tools\.convert '
                        r'.* --trust-pickle'):
         build_from(tmp_path / 'model.ckpt', reference)
     with pytest.raises(SystemExit, match='refused'):
