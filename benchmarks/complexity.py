@@ -25,7 +25,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 import allinone_basicsr  # noqa: E402,F401
-from allinone_basicsr.utils.complexity import STAND_IN, analyzer, attention_by_shape, sdpa_macs  # noqa: E402,F401
 from allinone_basicsr.utils.complexity import analyse, frozen_parameters  # noqa: E402
 
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'benchmarks'))
 import complexity  # noqa: E402
 
 from allinone_basicsr.archs.promptdsa_arch import PromptDSANet, SpatialSelfAttention  # noqa: E402
+from allinone_basicsr.utils import complexity as measures  # noqa: E402
 
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
@@ -21,7 +22,7 @@ def test_sdpa_handle_counts_both_attention_products():
     analyzer = FlopAnalyzer(attn, (torch.rand(1, 16, 12, 10),))
     assert analyzer.by_operator().get('scaled_dot_product_attention', 0) == 0  # mmengine alone
     analyzer = FlopAnalyzer(attn, (torch.rand(1, 16, 12, 10),))
-    analyzer.set_op_handle('aten::scaled_dot_product_attention', complexity.sdpa_macs)
+    analyzer.set_op_handle('aten::scaled_dot_product_attention', measures.sdpa_macs)
     n = 12 * 10
     assert analyzer.by_operator()['scaled_dot_product_attention'] == 2 * n * n * 16  # q·kᵀ and weights·v
 
@@ -56,7 +57,7 @@ def _old_way(net, size):
     (total, SDPA) and every operator's and module's count."""
     from mmengine.analysis import FlopAnalyzer
     analyzer = FlopAnalyzer(net.eval(), (torch.rand(1, 3, size, size),))
-    analyzer.set_op_handle('aten::scaled_dot_product_attention', complexity.sdpa_macs)
+    analyzer.set_op_handle('aten::scaled_dot_product_attention', measures.sdpa_macs)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     total = analyzer.total()
     return (total, analyzer.by_operator().get('scaled_dot_product_attention', 0)), analyzer.by_operator(), \
@@ -64,8 +65,8 @@ def _old_way(net, size):
 
 
 def _fast_way(net, size):
-    with complexity.attention_by_shape():
-        analyzer = complexity.analyzer(net, size)
+    with measures.attention_by_shape():
+        analyzer = measures.analyzer(net, size)
         analyzer.total()
     return complexity.analyse(net, size), analyzer.by_operator(), analyzer.by_module()
 
@@ -109,14 +110,14 @@ def test_stand_in_replaces_the_attention_only_while_tracing():
     real = F.scaled_dot_product_attention
     q, k, v = torch.rand(1, 2, 6, 4), torch.rand(1, 2, 5, 4), torch.rand(1, 2, 5, 3)
     net = SpatialSelfAttention(8, 2)
-    with complexity.attention_by_shape():
+    with measures.attention_by_shape():
         assert torch.equal(F.scaled_dot_product_attention(q, k, v), real(q, k, v))  # not tracing: the real one
         graph, _ = torch.jit._get_trace_graph(net, (torch.rand(1, 8, 6, 5),))
         kinds = [node.kind() for node in graph.nodes()]
         out = torch.jit.trace(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), (q, k, v),
                               check_trace=False)(q, k, v)
     assert F.scaled_dot_product_attention is real
-    assert complexity.STAND_IN in kinds and 'aten::scaled_dot_product_attention' not in kinds
+    assert measures.STAND_IN in kinds and 'aten::scaled_dot_product_attention' not in kinds
     assert out.shape == (1, 2, 6, 3) and not out.any()
 
 
