@@ -30,8 +30,9 @@ from allinone_basicsr.utils.arch_options import check_arch_options
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import AfterStepArch, TaskLogitsArch
-from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, attend_and_project,
-                               channel_attention, channels_last, crop_output, pad_to_multiple, transformer_stage)
+from .fast_ops import attend_and_project, channel_attention, channels_last
+from .restormer_blocks import (GDFN, MDTA, Downsample, LayerNorm, OverlapPatchEmbed, Upsample, crop_output,
+                               pad_to_multiple, transformer_stage)
 
 
 class LowRankExpert(nn.Module):

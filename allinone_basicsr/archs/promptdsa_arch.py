@@ -20,45 +20,18 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from allinone_basicsr.utils.arch_options import check_arch_options
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from .arch_util import TaskLogitsArch
+from .fast_ops import aligned_attention, channels_last
 from .promptir_arch import _PromptIRLayout
-from .restormer_blocks import GDFN, MDTA, LayerNorm, channels_last, crop_output, crop_to, pad_to_multiple
+from .restormer_blocks import GDFN, MDTA, LayerNorm, crop_output, crop_to, pad_to_multiple
 
-SDPA_HEAD_ALIGNMENT = 8  # CUDA's memory-efficient kernel: head sizes multiple of 8 (fp16/bf16), 4 (fp32, sm80+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def aligned_attention(q, k, v, scale):
-    """``F.scaled_dot_product_attention(q, k, v, scale=scale)`` for (..., tokens, d) inputs, in a form that the fused
-    CUDA kernels take for any head size d and dtype (and the fused CPU kernel always takes): contiguous, head size
-    a multiple of :data:`SDPA_HEAD_ALIGNMENT`.
-
-    A head size that is not a multiple of :data:`SDPA_HEAD_ALIGNMENT` is zero-padded to one: the padded entries add
-    0 to every q·k, and the padded columns of v give output columns of 0, which are dropped, so the result is the
-    attention of the unpadded inputs (equal within float rounding: the kernel sums in another order). ``scale`` is
-    explicit because the default, ``1/√d``, would change with the padded d. Contiguous inputs have the unit last-dim
-    stride the fused kernels need (otherwise SDPA falls back to the math kernel, which stores tokens × tokens). No
-    kernel is forced: ``torch.nn.attention.sdpa_kernel`` changes process-wide flags, which races between the
-    threads of DataParallel. Under a jit trace (the complexity analysis) nothing is padded, so the counted MACs are
-    the model's.
-    """
-    d = q.shape[-1]
-    if k.shape[-1] != d or v.shape[-1] != d:
-        raise ValueError(f'aligned_attention: q, k, v need one head size, got {d}, {k.shape[-1]}, {v.shape[-1]}')
-    # Not in a trace: the complexity analysis (a jit trace) counts the model's MACs, which padding does not change.
-    pad = 0 if torch.jit.is_tracing() else -d % SDPA_HEAD_ALIGNMENT
-    if pad:  # one copy either way: the padded tensor, or the contiguous one
-        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-    q, k, v = (t.contiguous() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return out[..., :d] if pad else out
 
 
 class SpatialSelfAttention(nn.Module):

@@ -28,8 +28,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from .clip_tokens import (DEFAULT_CLIP_MODEL, FrozenTokenizerSlot, clip_vision_config, embedded_clip_tokenizer,
                           hf_clip_to_open_clip_visual, resolve_clip_model_name, resolve_clip_weights,
                           shared_clip_tokenizer, tower_differences)
-from .promptdsa_arch import aligned_attention
-from .restormer_blocks import channels_last, crop_output, pad_to_multiple, transformer_stage
+from .fast_ops import aligned_attention, channels_last
+from .restormer_blocks import crop_output, pad_to_multiple, transformer_stage
 
 POS_CACHE_SIZE = 4  # position embeddings kept per module, device and dtype (one per token count)
 
@@ -122,7 +122,7 @@ class CrossAttention(nn.Module):
     """Multi-head attention of a query sequence over a context sequence, both layer-normalised first.
 
     Official key names (``norm_query``, ``norm_context``, ``to_q/k/v`` without bias, ``to_out.0``); the softmax
-    scale is ``(inner_dim / num_heads) ** -0.5``, passed explicitly to :func:`~.promptdsa_arch.aligned_attention`
+    scale is ``(inner_dim / num_heads) ** -0.5``, passed explicitly to :func:`~.fast_ops.aligned_attention`
     (``scaled_dot_product_attention`` with CUDA-aligned head sizes).
     """
 

@@ -21,8 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allinone_basicsr.archs import restormer_blocks
-from allinone_basicsr.archs.restormer_blocks import TransformerBlock, channel_attention, channels_last
+from allinone_basicsr.archs import fast_ops
+from allinone_basicsr.archs.fast_ops import channel_attention, channels_last
+from allinone_basicsr.archs.restormer_blocks import TransformerBlock
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -104,8 +105,8 @@ def test_hand_written_backward_is_the_derivative():
     qkv, temperature, grad_out = _attention_inputs(2, 16, 2)
 
     def hand_written(q, k, heads, t):
-        q, k = (restormer_blocks._pixels_by_channels(m, heads).permute(0, 2, 3, 1) for m in (q, k))
-        return restormer_blocks._BFloat16ChannelAttention.apply(q, k, t, 1e-12)
+        q, k = (fast_ops._pixels_by_channels(m, heads).permute(0, 2, 3, 1) for m in (q, k))
+        return fast_ops._BFloat16ChannelAttention.apply(q, k, t, 1e-12)
 
     got = _attention_grads(hand_written, qkv, temperature.double(), grad_out, 2, torch.float64, False)
     want = _attention_grads(_formula, qkv, temperature.double(), grad_out, 2, torch.float64, False)
@@ -154,10 +155,10 @@ def test_pointwise_conv_is_the_1x1_convolution(bias):
     x = torch.randn(2, 16, 8, 12).contiguous(memory_format=torch.channels_last)
     for shape, fmt in (((2, 16, 8, 12), torch.contiguous_format), ((1, 16, 40, 40), torch.channels_last)):
         big = torch.randn(shape).contiguous(memory_format=fmt).bfloat16()  # NCHW, or over 1024 pixels
-        assert torch.equal(restormer_blocks.pointwise_conv(big, w.bfloat16(), None), F.conv2d(big, w.bfloat16()))
-    assert torch.equal(restormer_blocks.pointwise_conv(x, w, b), F.conv2d(x, w, b))  # float32
+        assert torch.equal(fast_ops.pointwise_conv(big, w.bfloat16(), None), F.conv2d(big, w.bfloat16()))
+    assert torch.equal(fast_ops.pointwise_conv(x, w, b), F.conv2d(x, w, b))  # float32
     grads = []
-    for fn in (restormer_blocks.pointwise_conv, F.conv2d):
+    for fn in (fast_ops.pointwise_conv, F.conv2d):
         xi = x.bfloat16().requires_grad_()
         params = [w] + ([b] if bias else [])
         for p in params:

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allinone_basicsr.archs.restormer_blocks import GDFN, MDTA, TransformerBlock, attend_and_project, channel_attention
+from allinone_basicsr.archs.fast_ops import attend_and_project, channel_attention
+from allinone_basicsr.archs.restormer_blocks import GDFN, MDTA, TransformerBlock
 
 from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allinone_basicsr.archs.restormer_blocks import MDTA, TransformerBlock, channel_attention
+from allinone_basicsr.archs.fast_ops import channel_attention
+from allinone_basicsr.archs.restormer_blocks import MDTA, TransformerBlock
 
 from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -158,7 +158,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
     assert growth_mb < 256, f'peak memory grew {growth_mb:.0f} MB: the N×N attention matrix is 1024 MB'
     from torch.nn.attention import SDPBackend
 
-    from allinone_basicsr.archs.promptdsa_arch import aligned_attention
+    from allinone_basicsr.archs.fast_ops import aligned_attention
     calls = []
 
     def recording(q, k, v, **kwargs):
@@ -179,7 +179,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 def test_aligned_attention_equals_sdpa_values_and_gradients(d):
     """Zero-padding the head size to a multiple of 8 changes nothing but float rounding (stated tolerance 1e-6 on
     unit-scale values and gradients; measured 0 to 2e-7). The scale stays the caller's, not 1/√(padded d)."""
-    from allinone_basicsr.archs.promptdsa_arch import aligned_attention
+    from allinone_basicsr.archs.fast_ops import aligned_attention
     gen = torch.Generator().manual_seed(d)
     inputs = [torch.randn(2, 3, 37, d, generator=gen, requires_grad=True) for _ in range(3)]
     grad = torch.randn(2, 3, 37, d, generator=gen)
