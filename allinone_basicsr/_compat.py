@@ -17,6 +17,10 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
    dataset. Ours shares one read-only environment per path within the process, and checks it when it opens it
    (``data.lmdb_check``: a truncated ``data.mdb`` is an error naming the LMDB instead of a SIGBUS on the first read).
 
+5. Option files can run code: BasicSR's ``ordered_yaml`` loader is yaml's full loader, which executes
+   ``!!python/object/apply:...`` tags. BasicSR's parser gets ``utils.options.SafeOrderedLoader`` instead (the same
+   ordered mappings and types, Python tags refused naming the file and line).
+
 ``apply()`` is idempotent and runs on ``import allinone_basicsr``, before anything imports basicsr.
 """
 import os
@@ -97,6 +101,19 @@ def _patch_lmdb_backend():
     file_client.LmdbBackend.__init__ = __init__
 
 
+def _patch_option_loader():
+    """BasicSR's ``ordered_yaml`` loader is yaml's full (unsafe) one: an option file could run code. Its parser gets
+    the safe ordered loader instead (same mappings and types; ``!!python/*`` tags refused, naming the file)."""
+    import basicsr.utils.options as options
+    from allinone_basicsr.utils.options import SafeOrderedLoader
+    original = options.ordered_yaml
+
+    def ordered_yaml():
+        return SafeOrderedLoader, original()[1]
+
+    options.ordered_yaml = ordered_yaml
+
+
 def apply():
     global _APPLIED
     if _APPLIED:
@@ -110,4 +127,5 @@ def apply():
     dist_util._init_dist_pytorch = _init_dist_pytorch
     dist_util._init_dist_slurm = _init_dist_slurm
     _patch_lmdb_backend()
+    _patch_option_loader()
     _APPLIED = True

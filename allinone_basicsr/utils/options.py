@@ -13,11 +13,73 @@ Unknown keys are not errors here (BasicSR reads many; the plugin's datasets and 
 own). :func:`check_training_state` checks the content of a training state before resuming from it.
 """
 import numbers
+from collections import OrderedDict
+
+import yaml
 
 from .arch_options import check_arch_kwargs
 from .option_types import OptionNotes, expectation, fail, to_bool, to_int, to_list, to_number, to_str
 
-__all__ = ['COMPILE_KEYS', 'check_options', 'check_training_state']
+__all__ = ['COMPILE_KEYS', 'OptionFileError', 'SafeOrderedLoader', 'check_options', 'check_training_state',
+           'load_options', 'read_yaml']
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+class OptionFileError(ValueError):
+    """An option file that cannot be read as data: missing, not YAML, not a mapping, or asking for Python objects."""
+
+
+class SafeOrderedLoader(yaml.SafeLoader):
+    """BasicSR's option loader (mappings as ``OrderedDict``, so ``dict2str`` and the copied option file keep the
+    file's order) that builds data only: a ``!!python/...`` tag (``!!python/object/apply:os.system [...]``) is an
+    error naming the file and line, never a call. ``_compat`` gives it to BasicSR's ``parse_options``, so ``train``,
+    ``test`` and stock pipelines read option files with it too."""
+
+    def construct_undefined(self, node):
+        mark = node.start_mark
+        raise OptionFileError(f'{mark.name} line {mark.line + 1}: the tag {node.tag!r} asks for a Python object; an '
+                              'option file holds data only (numbers, strings, lists, mappings), so it is refused')
+
+
+SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                  lambda loader, node: OrderedDict(loader.construct_pairs(node)))
+SafeOrderedLoader.add_constructor(None, SafeOrderedLoader.construct_undefined)
+
+
+def read_yaml(path, what='option file'):
+    """The data of a YAML file (:class:`SafeOrderedLoader`); an :class:`OptionFileError` names the file (and the line)
+    when it is missing, not YAML or builds Python objects."""
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=SafeOrderedLoader)
+    except FileNotFoundError:
+        raise OptionFileError(f'{what} {path}: no such file') from None
+    except OSError as err:
+        raise OptionFileError(f'{what} {path}: cannot read it ({err.strerror or err})') from None
+    except yaml.YAMLError as err:
+        raise OptionFileError(f'{what} {path}: not valid YAML ({err})') from None
+
+
+def plain(value):
+    """Options (OrderedDicts) -> plain dicts and lists, for ``yaml.safe_dump``."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def load_options(path, is_train=True, check=True, logger=None):
+    """An option file as the tools read it: :func:`read_yaml` (a mapping, or an :class:`OptionFileError`), then
+    :func:`check_options` unless ``check`` is False (types converted in place, errors naming the key)."""
+    opt = read_yaml(path)
+    if not isinstance(opt, dict):
+        raise OptionFileError(f'option file {path}: holds {type(opt).__name__ if opt is not None else "nothing"}, '
+                              'not a mapping of options')
+    if check:
+        check_options(opt, logger=logger, is_train=is_train)
+    return opt
+
 
 # torch.compile's keywords that a compile option (train.compile / val.compile) may give
 COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
