@@ -104,8 +104,9 @@ def _patch_lmdb_backend():
 def _patch_option_loader():
     """BasicSR's ``ordered_yaml`` loader is yaml's full (unsafe) one: an option file could run code. Its parser gets
     the safe ordered loader instead (same mappings and types; ``!!python/*`` tags refused, naming the file)."""
-    import basicsr.utils.options as options
     from allinone_basicsr.utils.options import SafeOrderedLoader
+
+    import basicsr.utils.options as options
     original = options.ordered_yaml
 
     def ordered_yaml():

@@ -76,7 +76,7 @@ TABLE_ROW_TESTS = sorted(p.name for p in OPTIONS.glob('test_*.yml')
 
 def test_table_row_test_files_are_the_expected_ones():
     assert TABLE_ROW_TESTS == sorted(
-        [f'test_daair_ablation_{row}.yml' for row in ('a', 'b', 'baseline', 'c', 'd')]
+        [f'test_daair_ablation_{row}.yml' for row in ('a', 'a_alt', 'b', 'baseline', 'c', 'd')]
         + [f'test_daair_{task}.yml' for task in ('dehaze', 'denoise', 'derain')]
         + ['test_daair_5task_sigma25.yml', 'test_promptir_promptdsanet_protocol.yml', 'test_promptdsanet_paper.yml'])
 

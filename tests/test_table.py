@@ -192,7 +192,15 @@ def test_shipped_specs_load_and_cover_the_papers_tables():
                                   'promptdsanet_paper'))}
     assert table_rows and table_rows <= files  # every row file of this issue is in a table
     daair4 = next(s for s in specs if s.name == 'daair_table4')
-    assert [r.label for r in daair4.rows] == ['Baseline', '(a)', '(b)', '(c)', '(d)', 'DaAIR (ours)']
+    assert [r.label for r in daair4.rows] == [  # the reading of docs/tables.md: 1 A, 2 S, 3 controller, 4 loss
+        'Baseline', '(a) specialised experts + controller', '(b) w/o specialised experts', '(c) w/o controller',
+        '(d) w/o routing loss', 'DaAIR (ours)']
+    switches = {r.label[:3]: r.train_opt['network_g'] for r in daair4.rows}
+    assert switches['(c)']['controller'] is False and 'cls_opt' in daair4.rows[3].train_opt['train']
+    assert switches['(d)']['controller'] is True and 'cls_opt' not in daair4.rows[4].train_opt['train']
+    alt = next(s for s in specs if s.name == 'daair_table4_alt')  # the other reading: (c) and (d) swap files
+    assert [Path(r.train).name for r in alt.rows][3:5] == ['train_daair_ablation_d.yml', 'train_daair_ablation_c.yml']
+    assert [r.paper['avg'] for r in alt.rows] == [r.paper['avg'] for r in daair4.rows]
     assert [r.paper['avg'][0] for r in daair4.rows] == [31.86, 32.12, 32.41, 32.44, 32.23, 32.51]
     for spec in specs:  # each row's network and protocol: the test file scores the train file's model
         for row in spec.rows:

@@ -259,23 +259,27 @@ class DaAIR(TaskLogitsArch, AfterStepArch, nn.Module):
             ``agnostic_expert`` (the controller is an EMA copy of the encoder's agnostic expert). Default: True.
 
     Ablations of the paper's Table 4 (3-task average PSNR/SSIM). Its four column headers were stripped from the
-    paper text; ``shared/specs/daair.md`` §4 reads them (assumption) as 1 = agnostic expert, 2 = specialised
-    experts, 3 = routing (auxiliary classification) loss, 4 = controller, which fits the text (removing the
-    controller costs 0.28 dB = row (d)) and row (a), which lacks both the agnostic expert and the controller
-    that copies it. The rows as switches (the loss column is ``train.cls_opt`` in the option file):
+    paper text; the reading used (argued from the text in docs/tables.md, "DaAIR Table 4: which column is which")
+    is 1 = agnostic expert, 2 = specialised experts, 3 = controller, 4 = routing (auxiliary classification) loss.
+    The rows as switches (the loss column is ``train.cls_opt`` in the option file):
 
     - Baseline, "a scaled-down Restormer" (App. A): ``agnostic_expert``, ``specialised_experts`` and
       ``controller`` all False, no ``cls_opt``. Blocks are plain Restormer blocks (MDTA + GDFN) in DaAIR's U-Net
       (same width, depths, heads, 1×1 skip fusions and refinement), i.e. the model the paper builds DaAIR on by
       adding the modules; a Restormer/PromptIR config of the same size would also change the skeleton (level-1
       decoder at 2C, no level-1 fusion), mixing skeleton and module effects. 31.86/.911.
-    - (a) columns 2, 3: ``agnostic_expert=False, controller=False``, with ``cls_opt``. 32.12/.911.
+    - (a) columns 2, 3: ``agnostic_expert=False, controller=False``, no ``cls_opt``. The controller column is
+      ticked, but the controller is an EMA copy of the agnostic expert this row lacks (``controller`` needs
+      ``agnostic_expert``), so it is left out. 32.12/.911.
     - (b) columns 1, 3, 4: ``specialised_experts=False``. The loss column is ticked, but without specialised
       experts there is no router for it to train: the option file has no ``cls_opt``. 32.41/.913.
-    - (c) columns 1, 2, 4: the full arch without ``cls_opt`` (routers trained only through ``gate_by_prob``).
-      32.44/.913.
-    - (d) columns 1, 2, 3: ``controller=False``, with ``cls_opt``. 32.23/.912.
+    - (c) columns 1, 2, 4: ``controller=False``, with ``cls_opt``. 32.44/.913.
+    - (d) columns 1, 2, 3: the full arch without ``cls_opt`` (routers trained only through ``gate_by_prob``).
+      32.23/.912.
     - DaAIR, all four: the defaults. 32.51/.913.
+
+    The other reading (3 = routing loss, 4 = controller) is ``tables/daair_table4_alt.yml``; its row (a),
+    specialised experts with the routing loss, is ``agnostic_expert=False, controller=False`` with ``cls_opt``.
     """
 
     @classmethod

@@ -46,7 +46,8 @@ def add_gaussian_noise(img, sigma, rng=None):
         img (ndarray): uint8 image, any shape (usually HxWx3).
         sigma (float): Noise standard deviation on the 0-255 scale.
         rng (np.random.Generator | np.random.RandomState | None): Source of the normal samples. None uses numpy's
-            global RNG (``np.random.randn``), which BasicSR seeds per dataloader worker. Default: None.
+            global RNG (``np.random.randn``), which training seeds per sample: ``resume.SeededDataset`` reseeds it
+            from each sample's own seed before the sample is drawn. Default: None.
 
     Returns:
         ndarray: Noisy uint8 image of the same shape.

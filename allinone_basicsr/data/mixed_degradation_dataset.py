@@ -4,7 +4,8 @@ Sources: a path ending in ``.lmdb`` is an LMDB made by BasicSR's ``make_lmdb_fro
 ``meta_info.txt``, read through ``FileClient('lmdb')``); any other path is a folder of image files (key = file
 stem). LQ and GT are paired by key. A task with ``noise_sigma`` and no ``dataroot_lq`` makes its LQ by adding
 Gaussian noise to the GT (``degradations.add_gaussian_noise``): on the fly from numpy's global RNG for training
-(BasicSR seeds it per worker), from ``noise_rng(key, sigma)`` for val/test (identical in every run).
+(seeded per sample by ``resume.SeededDataset``), from ``noise_rng(key, sigma)`` for val/test (identical in every
+run).
 
 Images are handled as uint8 RGB until the end and returned as float32 RGB CHW tensors in [0, 1]; 16-bit images are
 reduced to 8 bits with a warning, given once per source (``image_io.to_bgr8``). Every LMDB is checked when it is

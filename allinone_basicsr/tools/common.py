@@ -12,8 +12,8 @@ Every tool (``allinone-restore``, ``-compare``, ``-convert``, ``-recipe``, ``-ta
 A tool's ``main(argv)`` returns 0 or 1 and raises :class:`UsageError` (tests and scripts call it); its ``cli()`` is
 ``run(main, '<tool>')``.
 """
-import csv
 import contextlib
+import csv
 import sys
 import warnings
 from os import path as osp

@@ -125,6 +125,7 @@ class Recipe:
     checkpoint_freq: int
     notes: list = field(default_factory=list)
     network: dict = field(default_factory=dict)
+    augment: list = field(default_factory=list)  # the crops' random transforms: hflip; vflip, rot90 (use_rot)
 
     @property
     def class_shares(self):
@@ -432,7 +433,9 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
         val_freq=val_freq,
         checkpoint_freq=ckpt,
         notes=notes,
-        network=network)
+        network=network,
+        augment=(['hflip'] if train_set.get('use_hflip', True) else [])
+        + (['vflip', 'rot90'] if train_set.get('use_rot', True) else []))
 
 
 def network_options(network_g, arch=None):
@@ -447,7 +450,7 @@ def network_options(network_g, arch=None):
 
 
 PROTOCOLS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'protocols.yml')
-PROTOCOL_SOURCES = ('paper', 'official code', 'assumption')
+PROTOCOL_SOURCES = ('paper', 'official code', 'derived', 'assumption')
 
 
 def load_protocols(path=PROTOCOLS_FILE):
@@ -492,6 +495,7 @@ def recipe_values(recipe, unit):
         'loss_weights': {key: loss['loss_weight'] for key, loss in recipe.losses.items()},
         'repeats': {task.name: task.repeat for task in recipe.tasks},
         'network': dict(recipe.network),
+        'augment': list(recipe.augment),
     }
 
 
@@ -574,6 +578,7 @@ def format_report(r):
     item('effective batch', f'{r.world_size} × {r.batch_size_per_gpu} per GPU = {r.effective_batch} '
          f'(world size from {r.world_size_from})')
     item('patch (gt_size)', f'{r.patch}²')
+    item('augmentation', ', '.join(r.augment) or 'none')
     total = r.samples_per_epoch
     rows = [('task', 'class', 'images', 'counted from', 'repeat', 'samples', 'share')]
     rows += [(t.name, t.degradation, _n(t.images), f'{t.source}: {t.counted}', f'×{t.repeat}', _n(t.samples),

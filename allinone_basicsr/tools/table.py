@@ -50,7 +50,8 @@ from allinone_basicsr.utils.smoke import smoke_network as _smoke_network
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COLUMN_KINDS = ('set', 'average', 'params', 'gmacs', 'text')
-SPEC_KEYS = {'title', 'paper', 'source', 'metrics', 'columns', 'rows', 'notes'}
+# provenance: where the printed numbers stand in the papers' text (checked by tests/test_provenance.py, not used here)
+SPEC_KEYS = {'title', 'paper', 'source', 'provenance', 'metrics', 'columns', 'rows', 'notes'}
 COLUMN_KEYS = {'key', 'label', 'kind', 'test_set', 'average', 'size', 'note'}
 ROW_KEYS = {'label', 'train', 'test', 'results', 'paper', 'notes', 'text'}
 NOT_RUN, MISSING, NOT_TESTED, NOT_GIVEN = 'not run', 'missing', '—', 'n.g.'

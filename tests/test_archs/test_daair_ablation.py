@@ -14,11 +14,12 @@ from basicsr.utils.registry import ARCH_REGISTRY
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 2], num_dec_blocks=[1, 2, 1], num_refinement_blocks=1, heads=[1, 2, 2, 4],
             rank_ratio=4, expert_kernel_size=5)
 ALL_ON = dict(agnostic_expert=True, specialised_experts=True, controller=True)
-ROWS = {  # Table 4 rows as switches (the routing-loss column is train.cls_opt, not an arch option)
+ROWS = {  # Table 4 rows as switches (the routing-loss column is train.cls_opt, not an arch option; row (d) is the
+    # full arch without it): docs/tables.md, "DaAIR Table 4: which column is which"
     'baseline': dict(agnostic_expert=False, specialised_experts=False, controller=False),
     'a': dict(agnostic_expert=False, controller=False),
     'b': dict(specialised_experts=False),
-    'd': dict(controller=False),
+    'c': dict(controller=False),
 }
 
 
@@ -100,7 +101,7 @@ def test_without_specialised_experts_the_experts_and_routers_are_gone():
 
 
 def test_without_controller_no_buffers_and_decoders_self_attend():
-    full, ablated = build(), build(**ROWS['d'])
+    full, ablated = build(), build(**ROWS['c'])
     assert list(ablated.buffers()) == [] and ablated.controller_pairs() == []
     assert not [k for k in keys(ablated) if '.controller.' in k]
     assert [k for k in keys(full) if '.controller.' in k]
