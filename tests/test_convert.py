@@ -6,11 +6,14 @@ Lightning ``model.ckpt`` (``state_dict`` with the ``net.`` prefix, plus Lightnin
 SE-SymUNet file, whose ``params`` also hold the whole Hugging Face CLIPModel under ``clip_model.`` (vision and text
 towers). The builders are shared with ``test_models/test_official_checkpoints.py``.
 """
+import re
+
 import pytest
 import torch
 import yaml
 
 from allinone_basicsr.archs.clip_tokens import CLIPTokenizer
+from allinone_basicsr.tools.common import UsageError
 from allinone_basicsr.tools.convert import main as convert
 from allinone_basicsr.utils.checkpoint import extract_state_dict, load_checkpoint
 
@@ -195,14 +198,14 @@ def test_convert_checks_the_result_against_an_option_file(tmp_path, capsys):
     convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean2.pth'), '--arch', 'SESymUNet', '--opt', str(opt)])
 
     opt.write_text(yaml.safe_dump({'network_g': dict(TINY_NETS['SESymUNet'], type='SESymUNet', width=16)}))
-    with pytest.raises(SystemExit, match='check failed: .*shape mismatch'):
-        convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--opt', str(opt)])
+    assert convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--opt', str(opt)]) == 1
+    assert re.search(r'convert: check failed: .*shape mismatch', capsys.readouterr().err)
     opt.write_text(yaml.safe_dump({'network_g': dict(TINY_NETS['SESymUNet'], type='SESymUNet',
                                                      clip_vision_cfg=dict(TINY_CLIP, layers=1))}))
-    with pytest.raises(SystemExit, match='check failed: .*do not fit'):
-        convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--opt', str(opt)])
-    with pytest.raises(SystemExit, match='check failed: .*has no CLIP tower'):
-        convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--arch', 'SymUNet'])
+    assert convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--opt', str(opt)]) == 1
+    assert re.search(r'convert: check failed: .*do not fit', capsys.readouterr().err)
+    assert convert([str(tmp_path / 'official.pth'), str(tmp_path / 'lean.pth'), '--arch', 'SymUNet']) == 1
+    assert re.search(r'convert: check failed: .*has no CLIP tower', capsys.readouterr().err)
 
 
 def test_convert_names_what_it_cannot_convert(tmp_path):
@@ -213,10 +216,26 @@ def test_convert_names_what_it_cannot_convert(tmp_path):
     broken = dict(ckpt['params'])
     del broken['clip_model.vision_model.encoder.layers.1.self_attn.k_proj.bias']
     torch.save({'params': broken}, tmp_path / 'broken.pth')
-    with pytest.raises(SystemExit, match='vision layer 1 lacks self_attn.k_proj.bias'):
+    with pytest.raises(UsageError, match='vision layer 1 lacks self_attn.k_proj.bias'):
         convert([str(tmp_path / 'broken.pth'), str(tmp_path / 'out.pth')])
     odd = dict(ckpt['params'], **{'clip_model.vision_model.adapter.weight': torch.zeros(1)})
     torch.save({'params': odd}, tmp_path / 'odd.pth')
-    with pytest.raises(SystemExit, match=r'clip_model\.vision_model\.adapter\.weight'):
+    with pytest.raises(UsageError, match=r'clip_model\.vision_model\.adapter\.weight'):
         convert([str(tmp_path / 'odd.pth'), str(tmp_path / 'out.pth')])
     assert not (tmp_path / 'out.pth').exists() and not (tmp_path / 'out_clip_visual.pth').exists()
+
+
+def test_convert_creates_the_output_folder_and_names_out_on_errors(tmp_path, capsys):
+    """OUT's folder is made; OUT that is a folder, and IN that is missing, are usage errors naming the argument
+    (exit status 2 through the command), never a temporary file's name."""
+    write_official(tmp_path / 'official.pth', 'SymUNet')
+    assert convert([str(tmp_path / 'official.pth'), str(tmp_path / 'new' / 'deeper' / 'lean.pth')]) == 0
+    assert (tmp_path / 'new' / 'deeper' / 'lean.pth').is_file()
+    with pytest.raises(UsageError, match=r'^OUT .*: a folder'):
+        convert([str(tmp_path / 'official.pth'), str(tmp_path / 'new')])
+    with pytest.raises(UsageError, match=r'^IN .*missing.pth: no such file'):
+        convert([str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')])
+    from allinone_basicsr.tools.convert import cli
+    with pytest.raises(SystemExit) as exit_:
+        cli([str(tmp_path / 'missing.pth'), str(tmp_path / 'out.pth')])
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith('convert: error: IN ')

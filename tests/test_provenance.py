@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from allinone_basicsr.tools import protocols as pt
 from allinone_basicsr.tools import recipe as rc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,9 +88,9 @@ def papers():
 
 def protocol_leaves():
     """(option file, field, leaf, method) for every number of the protocol table."""
-    for name, row in rc.load_protocols().items():
+    for name, row in pt.load_protocols().items():
         for key, entry in row.items():
-            if key in rc.PROTOCOL_GROUPS:
+            if key in pt.PROTOCOL_GROUPS:
                 for sub, leaf in entry.items():
                     yield name, f'{key}.{sub}', leaf, row['method']
             elif isinstance(entry, dict):
@@ -147,7 +148,7 @@ def test_the_number_matching_reads_the_papers_notations():
 def test_every_protocol_number_has_one_of_four_sources_and_its_evidence():
     """paper: the method's paper (one we have the text of), its section, a short quote holding the value; official
     code: the file; derived: the arithmetic; assumption: the section of the specs or docs that argues it."""
-    assert rc.PROTOCOL_SOURCES == SOURCES
+    assert pt.PROTOCOL_SOURCES == SOURCES
     wrong = []
     for name, key, leaf, method in protocol_leaves():
         source, ref, where = leaf.get('source'), str(leaf.get('ref', '')), f'{name} {key}'
@@ -195,7 +196,7 @@ def test_every_train_file_states_its_augmentation_and_flags_an_assumed_one():
     """Each protocol row pins the crops' augmentation; where it departs from (or is not in) what the paper states,
     the row says assumption and the option file's header flags it with a line '# Augmentation: ... assumption'."""
     unflagged = []
-    for name, row in rc.load_protocols().items():
+    for name, row in pt.load_protocols().items():
         leaf = row.get('augment')
         if not isinstance(leaf, dict):
             unflagged.append(f'{name}: no augment in its protocol row')
@@ -220,7 +221,7 @@ def test_a_changed_augmentation_fails_the_protocol_table(tmp_path):
     opt = rc.load_options(path)
     opt['datasets']['train']['use_rot'] = False  # flips only, as a reader of 'random cropping' might expect
     report = rc.recipe_report(path, root=str(tmp_path), opt=opt)
-    text = '\n'.join(rc.protocol_mismatches(report, rc.load_protocols()['train_promptdsanet.yml']))
+    text = '\n'.join(pt.protocol_mismatches(report, pt.load_protocols()['train_promptdsanet.yml']))
     assert "augment: file ['hflip'], protocol ['hflip', 'vflip', 'rot90'] (assumption: promptdsanet.md §2" in text
 
 

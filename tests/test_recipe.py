@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from allinone_basicsr.models.lr_scheduler import LinearWarmupCosineLR
 from allinone_basicsr.models.optimization import scheduler_class
+from allinone_basicsr.tools import protocols as pt
 from allinone_basicsr.tools import recipe as rc
 from allinone_basicsr.utils.resume import ResumableSampler
 
@@ -24,7 +25,7 @@ from basicsr.models.base_model import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
 TRAIN_FILES = sorted(p.name for p in OPTIONS.glob('train_*.yml'))
-PROTOCOLS = rc.load_protocols()
+PROTOCOLS = pt.load_protocols()
 
 
 def report(name, root, world_size=None, opt=None):
@@ -105,14 +106,14 @@ def test_protocol_table_has_one_row_per_train_file_and_a_source_for_every_number
     assert sorted(PROTOCOLS) == TRAIN_FILES and len(TRAIN_FILES) == 21
     for name, row in PROTOCOLS.items():
         assert row['unit'] in ('epochs', 'iterations'), name
-        leaves = [(k, v) for k, v in row.items() if isinstance(v, dict) and k not in rc.PROTOCOL_GROUPS]
-        leaves += [(f'{group}.{k}', v) for group in rc.PROTOCOL_GROUPS for k, v in row.get(group, {}).items()]
+        leaves = [(k, v) for k, v in row.items() if isinstance(v, dict) and k not in pt.PROTOCOL_GROUPS]
+        leaves += [(f'{group}.{k}', v) for group in pt.PROTOCOL_GROUPS for k, v in row.get(group, {}).items()]
         assert {k for k, _ in leaves} >= {'world_size', 'effective_batch', 'patch', 'total', 'warmup', 'lr'}, name
         for key, leaf in leaves:
             # a paper label carries its evidence: a quote of the paper's text (tests/test_provenance.py checks it)
             assert set(leaf) == {'value', 'source', 'ref'} | ({'quote'} if leaf['source'] == 'paper' else set()), \
                 (name, key)
-            assert leaf['source'] in rc.PROTOCOL_SOURCES, (name, key, leaf['source'])
+            assert leaf['source'] in pt.PROTOCOL_SOURCES, (name, key, leaf['source'])
             assert '§' in leaf['ref'] or 'SPEC.md' in leaf['ref'], (name, key, leaf['ref'])
 
 
@@ -120,10 +121,10 @@ def test_protocol_table_has_one_row_per_train_file_and_a_source_for_every_number
 def test_train_file_follows_its_protocol(name, tmp_path):
     r = report(name, tmp_path)  # no data under tmp_path: the public datasets' sizes
     assert {t.source for t in r.tasks} == {rc.PUBLIC}
-    mismatches = rc.protocol_mismatches(r, PROTOCOLS[name])
+    mismatches = pt.protocol_mismatches(r, PROTOCOLS[name])
     assert not mismatches, (f'{name} differs from its row of allinone_basicsr/tools/protocols.yml:\n'
                             + '\n'.join(mismatches))
-    values = rc.recipe_values(r, PROTOCOLS[name]['unit'])
+    values = pt.recipe_values(r, PROTOCOLS[name]['unit'])
     if PROTOCOLS[name]['unit'] == 'epochs':  # whole epochs: the iteration counts are exact multiples
         for iterations in (r.total_iter, r.warmup_iter, r.cosine_end_iter):
             assert iterations % r.iters_per_epoch == 0, (name, iterations, r.iters_per_epoch)
@@ -133,7 +134,7 @@ def test_train_file_follows_its_protocol(name, tmp_path):
 def test_a_copied_train_section_fails_the_protocol_table(tmp_path):
     opt = options('train_promptdsanet.yml')
     opt['train'] = copy.deepcopy(options('train_daair.yml')['train'])
-    mismatches = rc.protocol_mismatches(report('train_promptdsanet.yml', tmp_path, opt=opt),
+    mismatches = pt.protocol_mismatches(report('train_promptdsanet.yml', tmp_path, opt=opt),
                                         PROTOCOLS['train_promptdsanet.yml'])
     text = '\n'.join(mismatches)
     assert 'total: file 763.029 epochs, protocol 200 epochs' in text
@@ -144,13 +145,13 @@ def test_a_copied_train_section_fails_the_protocol_table(tmp_path):
 def test_a_table_row_that_lost_its_ablation_switch_fails_the_protocol_table(tmp_path):
     opt = options('train_daair_ablation_c.yml')
     del opt['network_g']['controller']  # the arch default (true) comes back: the full model, not row (c)
-    mismatches = rc.protocol_mismatches(report('train_daair_ablation_c.yml', tmp_path, opt=opt),
+    mismatches = pt.protocol_mismatches(report('train_daair_ablation_c.yml', tmp_path, opt=opt),
                                         PROTOCOLS['train_daair_ablation_c.yml'])
     text = '\n'.join(mismatches)
     assert 'network.controller: file True, protocol False (assumption: docs/tables.md § DaAIR Table 4' in text
     opt = options('train_daair_ablation_d.yml')  # row (d): no routing loss
     opt['train']['cls_opt'] = {'type': 'TaskClassificationLoss', 'loss_weight': 0.01}
-    mismatches = rc.protocol_mismatches(report('train_daair_ablation_d.yml', tmp_path, opt=opt),
+    mismatches = pt.protocol_mismatches(report('train_daair_ablation_d.yml', tmp_path, opt=opt),
                                         PROTOCOLS['train_daair_ablation_d.yml'])
     text = '\n'.join(mismatches)
     assert 'loss_weights.cls_opt: file 0.01, protocol None' in text

@@ -23,11 +23,16 @@ from allinone_basicsr.utils.smoke import without_pretrained
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-__all__ = ['UsageError', 'build_network', 'one_line_warnings', 'read_metrics_csv', 'read_options', 'run']
+__all__ = ['InputNotFoundError', 'UsageError', 'build_network', 'one_line_warnings', 'read_metrics_csv', 'read_options',
+           'run']
 
 
 class UsageError(ValueError):
     """An argument or input the tool cannot use, found before anything was done: exit status 2."""
+
+
+class InputNotFoundError(UsageError, FileNotFoundError):
+    """A file or folder an argument names does not exist (a usage error)."""
 
 
 @contextlib.contextmanager

@@ -29,8 +29,7 @@ The numbers are checked rather than trusted:
   images equal the GT (``dataroot_lq`` pointing at the GT).
 - Two folders that give the same run name are refused (one would hide the other).
 
-Invalid input raises ``ValueError`` / ``FileNotFoundError`` from ``main``; run as a script, compare prints the
-message and exits with status 1.
+Invalid input is a usage error (exit status 2, one line naming the run and the problem); warnings are one line each.
 """
 import argparse
 import csv
@@ -38,13 +37,15 @@ import glob
 import math
 import os
 import re
-import sys
 import warnings
 from os import path as osp
 
 import cv2
 import numpy as np
-import yaml
+
+from allinone_basicsr.tools.common import InputNotFoundError, UsageError, build_network, read_metrics_csv, run
+from allinone_basicsr.utils.metric_table import format_value
+from allinone_basicsr.utils.options import read_yaml
 
 PLOT_FORMATS = ('png', 'svg', 'pdf')
 
@@ -53,39 +54,9 @@ class CompareWarning(UserWarning):
     """A value compare shows but keeps out of the averages (``inf``, ``nan``)."""
 
 
-def _parse_value(text, where):
-    """A metrics.csv cell as a float: '' is missing (None); 'inf', '-inf', 'nan' are kept as such."""
-    text = (text or '').strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f'{where}: {text!r} is not a number') from None
-
-
 def read_metrics(folder, metric):
     """{test_set: value} of the metric in ``folder/metrics.csv`` in file order, the ``Average`` row left out."""
-    path = osp.join(folder, 'metrics.csv')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'{folder}: no metrics.csv (run `python -m allinone_basicsr.test -opt ...` first)')
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    if rows and metric not in rows[0]:
-        raise ValueError(f'{path}: no column {metric!r}; columns: {list(rows[0])}')
-    if rows and 'test_set' not in rows[0]:
-        raise ValueError(f'{path}: no column \'test_set\'; columns: {list(rows[0])}')
-    values = {}
-    for i, row in enumerate(rows, start=2):
-        test_set = row['test_set']
-        if test_set == 'Average':
-            continue
-        if test_set in values:
-            raise ValueError(f'{path}: test set {test_set!r} appears twice')
-        values[test_set] = _parse_value(row[metric], f'{path} line {i}, column {metric!r}')
-    if not values:
-        raise ValueError(f'{path}: no test set rows')
-    return values
+    return {name: row[metric] for name, row in read_metrics_csv(folder, [metric]).items()}
 
 
 def read_options(folder):
@@ -95,8 +66,7 @@ def read_options(folder):
     ymls = [own] if osp.isfile(own) else sorted(glob.glob(osp.join(folder, '*.yml')))
     if not ymls:
         return None
-    with open(ymls[0]) as f:
-        return yaml.safe_load(f)
+    return read_yaml(ymls[0], 'the run\'s option file')
 
 
 def read_run(folder, metric):
@@ -112,16 +82,7 @@ def run_name(folder, opt):
 def model_size(opt, macs_size=None):
     """(trainable params, MACs or None) of the run's network_g."""
     import torch
-
-    import allinone_basicsr  # noqa: F401
-
-    from basicsr.utils.registry import ARCH_REGISTRY
-    net_opt = dict(opt['network_g'])
-    if net_opt.get('clip_pretrained'):
-        net_opt['clip_pretrained'] = None  # the size does not depend on the CLIP weights
-    if net_opt.get('prompt_net_pretrained'):
-        net_opt['prompt_net_pretrained'] = None
-    net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+    net = build_network(opt['network_g'])
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     macs = None
     if macs_size:
@@ -136,15 +97,8 @@ def _finite(value):
 
 
 def _show(value, metric):
-    """A value as the table shows it: 2 decimals (4 for SSIM, 3 for accuracies); inf / nan spelled out."""
-    if value is None:
-        return '–'
-    if math.isnan(value):
-        return 'nan'
-    if math.isinf(value):
-        return 'inf' if value > 0 else '-inf'
-    key = metric.lower()
-    return f'{value:.4f}' if 'ssim' in key else f'{value:.3f}' if 'acc' in key else f'{value:.2f}'
+    """A value as the table shows it (``utils.metric_table.format_value``); a missing one as '–'."""
+    return '–' if value is None else format_value(metric, value)
 
 
 def select_sets(runs, common_sets=False):
@@ -481,20 +435,21 @@ def main(argv=None):
     for spec in args.grid:
         if ':' not in spec:
             parser.error(f'--grid {spec}: expected SET:IMAGE')
-    result = compare(args.folders, args.metric, args.out, args.macs, args.common_sets, args.formats)
-    for spec in args.grid:
-        test_set, image = spec.split(':', 1)
-        print('grid:', visual_grid(args.folders, test_set, image, args.out, args.crop))
-    return result
-
-
-def _cli():
-    warnings.showwarning = lambda message, category, *args, **kwargs: print(f'warning: {message}', file=sys.stderr)
     try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f'compare: {e}')
+        compare(args.folders, args.metric, args.out, args.macs, args.common_sets, args.formats)
+        for spec in args.grid:
+            test_set, image = spec.split(':', 1)
+            print('grid:', visual_grid(args.folders, test_set, image, args.out, args.crop))
+    except FileNotFoundError as err:
+        raise InputNotFoundError(str(err)) from None
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def cli(argv=None):
+    run(main, 'compare', argv)
 
 
 if __name__ == '__main__':
-    _cli()
+    cli()

@@ -28,8 +28,13 @@ import sys
 
 import torch
 
-from allinone_basicsr.utils.checkpoint import (CLIP_PREFIX, UnsafeCheckpointError, atomic_torch_save, check_torch_file,
-                                               extract_state_dict, load_checkpoint)
+from allinone_basicsr.tools.common import InputNotFoundError, UsageError, build_network, read_options, run
+from allinone_basicsr.utils.checkpoint import (CLIP_PREFIX, UnsafeCheckpointError, atomic_torch_save,
+                                               check_state_dict_fits, check_torch_file, extract_state_dict,
+                                               load_checkpoint)
+from allinone_basicsr.utils.smoke import without_pretrained
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 CLIP_SUFFIX = '_clip_visual.pth'
 
@@ -96,33 +101,25 @@ def network_options(arch=None, opt_file=None):
     """``network_g`` of ``opt_file`` (or ``{'type': arch}``) with external weight files unset: what the check builds."""
     network = {}
     if opt_file:
-        import yaml
-        with open(opt_file) as f:
-            network = dict((yaml.safe_load(f) or {}).get('network_g') or {})
+        network = dict((read_options(opt_file, check=False)).get('network_g') or {})
         if not network.get('type'):
-            raise ValueError(f'--opt {opt_file}: no network_g.type')
+            raise UsageError(f'--opt {opt_file}: no network_g.type')
         if arch and arch != network['type']:
-            raise ValueError(f'--arch {arch} differs from network_g.type {network["type"]} of {opt_file}')
+            raise UsageError(f'--arch {arch} differs from network_g.type {network["type"]} of {opt_file}')
     network.setdefault('type', arch)
-    for key in list(network):
-        if key.endswith('_pretrained'):  # clip_pretrained, prompt_net_pretrained: the check needs none of them
-            network[key] = None
-    return network
+    return without_pretrained(network)
 
 
 def check_fits(dst, report, arch=None, opt_file=None):
     """Build the network (``--opt`` / ``--arch``), load ``dst`` into it strictly and the CLIP file into its tower."""
-    import allinone_basicsr  # noqa: F401  (registers the archs)
-    from allinone_basicsr.utils.checkpoint import check_state_dict_fits
-
-    from basicsr.utils.registry import ARCH_REGISTRY
     network = network_options(arch, opt_file)
-    cls = ARCH_REGISTRY.get(network.pop('type'))
     if report['clip']:
+        cls = ARCH_REGISTRY.get(network['type']) if network['type'] in ARCH_REGISTRY else None
         if not hasattr(cls, 'clip_tokenizer'):
-            raise ValueError(f'the checkpoint embeds a CLIP model, but {cls.__name__} has no CLIP tower')
+            raise ValueError(f'the checkpoint embeds a CLIP model, but {network["type"]} has no CLIP tower')
         network['clip_pretrained'] = report['clip']
-    net = cls(**network)
+    net = build_network(network, pretrained=True)
+    cls = type(net)
     params = load_checkpoint(dst, key='OUT')['params']
     check_state_dict_fits(net, params, True, dst)
     net.load_state_dict(params, strict=True)
@@ -132,7 +129,10 @@ def check_fits(dst, report, arch=None, opt_file=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 2)[2],
+    """Convert (and check); returns 0, or 1 when the check failed (the message on stderr); a file that cannot be
+    converted is a :class:`UsageError`."""
+    parser = argparse.ArgumentParser(prog='allinone-convert', description=__doc__.split('\n\n')[0],
+                                     epilog=__doc__.split('\n\n', 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src', metavar='IN', help='checkpoint to read')
     parser.add_argument('dst', metavar='OUT', help='weights-only BasicSR file to write')
@@ -148,10 +148,21 @@ def main(argv=None):
     if args.trust_pickle:
         print(f'convert: --trust-pickle: {args.src} is unpickled in full (it may run code). OUT holds weights only.',
               file=sys.stderr)
+    if not os.path.isfile(args.src):
+        raise InputNotFoundError(f'IN {args.src}: no such file')
+    if os.path.isdir(args.dst):
+        raise UsageError(f'OUT {args.dst}: a folder; give the file to write')
+    folder = os.path.dirname(os.path.abspath(args.dst))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f'OUT {args.dst}: cannot create its folder {folder} ({err.strerror or err})') from None
     try:
         report = convert(args.src, args.dst, args.param_key, args.trust_pickle, args.clip_out)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
-        sys.exit(f'convert: {err}')
+        raise UsageError(str(err)) from None
+    except OSError as err:  # the write: name OUT, not the temporary file
+        raise UsageError(f'OUT {args.dst}: cannot write it ({err.strerror or err})') from None
     print(f'convert: wrote {report["tensors"]} tensors to {args.dst}')
     if report['clip']:
         counts = report['clip_counts']
@@ -162,12 +173,20 @@ def main(argv=None):
     if args.arch or args.opt:
         try:
             name = check_fits(args.dst, report, args.arch, args.opt)
+        except UsageError:
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError, FileNotFoundError) as err:
-            sys.exit(f'convert: check failed: {err}')
+            print(f'convert: check failed: {err}', file=sys.stderr)
+            return 1
         print(f'convert: checked: {args.dst} loads strictly into {name}'
               f'{f" (network_g of {args.opt})" if args.opt else " (its defaults)"}'
               f'{", and the CLIP file into its tower" if report["clip"] else ""}')
+    return 0
+
+
+def cli(argv=None):
+    run(main, 'convert', argv)
 
 
 if __name__ == '__main__':
-    main()
+    cli()

@@ -18,17 +18,17 @@ import json
 import math
 import posixpath
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import path as osp
 
-import yaml
-
 from allinone_basicsr.archs.arch_util import missing_task_logits
-from allinone_basicsr.data.degradations import format_sigma
 from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
 from allinone_basicsr.models.optimization import LearningRateCurve
+from allinone_basicsr.tools.common import run
+from allinone_basicsr.tools.protocols import load_protocols, network_options, protocol_mismatches
+from allinone_basicsr.tools.recipe_format import format_report, report_dict
+from allinone_basicsr.utils.options import OptionFileError, read_yaml
 
-from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
 # Image counts of the public datasets as datasets_prep/prepare_3task.py and prepare_5task.py write them, keyed by the
@@ -139,11 +139,18 @@ class Recipe:
 
 
 def load_options(option_file):
-    """Read an option file as BasicSR does (``ordered_yaml``: ``!!float 2e4`` and ``~`` work)."""
+    """Read an option file as training does (``utils.options.read_yaml``: ``!!float 2e4`` and ``~`` work, no Python
+    objects); a missing, unreadable or non-mapping file is a RecipeError."""
     if not osp.isfile(option_file):
         raise RecipeError(f'{option_file}: no such option file')
-    with open(option_file) as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
+    try:
+        opt = read_yaml(option_file)
+    except OptionFileError as err:
+        raise RecipeError(str(err)) from None
+    if not isinstance(opt, dict):
+        raise RecipeError(f'{option_file}: holds {type(opt).__name__ if opt is not None else "nothing"}, not a '
+                          'mapping of options')
+    return opt
 
 
 def iterations_per_epoch(num_samples, world_size, batch_size_per_gpu, dataset_enlarge_ratio=1):
@@ -438,214 +445,9 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
         + (['vflip', 'rot90'] if train_set.get('use_rot', True) else []))
 
 
-def network_options(network_g, arch=None):
-    """``network_g`` without ``type``, every option the file leaves out filled with the arch's default (for archs
-    decorated with ``check_arch_options``), so a protocol row can pin an arch switch (DaAIR's ablations) whether the
-    file writes it or relies on the default."""
-    options = {k: v for k, v in network_g.items() if k != 'type'}
-    spec = getattr(arch, 'arch_option_spec', None) or {}
-    for name, (default, _, _) in spec.items():
-        options.setdefault(name, list(default) if isinstance(default, tuple) else default)
-    return options
-
-
-PROTOCOLS_FILE = osp.join(osp.dirname(osp.abspath(__file__)), 'protocols.yml')
-PROTOCOL_SOURCES = ('paper', 'official code', 'derived', 'assumption')
-
-
-def load_protocols(path=PROTOCOLS_FILE):
-    """The protocol table (``protocols.yml``): {option file name: row}; see the file's header for the fields."""
-    with open(path) as f:
-        return yaml.safe_load(f)
-
-
-PROTOCOL_GROUPS = ('loss_weights', 'repeats', 'network')  # fields whose entries are {name: {value, source, ref}}
-
-
-def protocol_values(row):
-    """A protocol row's numbers without their sources: {field: value}, ``loss_weights`` / ``repeats`` / ``network``
-    as dicts."""
-    values = {}
-    for key, entry in row.items():
-        if key in PROTOCOL_GROUPS:
-            values[key] = {name: leaf['value'] for name, leaf in entry.items()}
-        elif isinstance(entry, dict):
-            values[key] = entry['value']
-    return values
-
-
-def recipe_values(recipe, unit):
-    """The same fields as ``protocol_values`` derived from a report; ``unit`` is 'epochs' or 'iterations'."""
-    if unit == 'epochs':
-        lengths = (recipe.total_epochs, recipe.warmup_epochs, recipe.cosine_end_epochs)
-    else:
-        lengths = (recipe.total_iter, recipe.warmup_iter, recipe.cosine_end_iter)
-    return {
-        'world_size': recipe.world_size,
-        'effective_batch': recipe.effective_batch,
-        'patch': recipe.patch,
-        'total': lengths[0],
-        'warmup': lengths[1],
-        'cosine_end': lengths[2],
-        'optimizer': recipe.optimizer['type'],
-        'lr': recipe.optimizer['lr'],
-        'weight_decay': recipe.optimizer.get('weight_decay'),
-        'grad_clip': recipe.grad_clip,
-        'ema_decay': recipe.ema_decay,
-        'loss_weights': {key: loss['loss_weight'] for key, loss in recipe.losses.items()},
-        'repeats': {task.name: task.repeat for task in recipe.tasks},
-        'network': dict(recipe.network),
-        'augment': list(recipe.augment),
-    }
-
-
-def _same(a, b):
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def protocol_mismatches(recipe, row):
-    """What an option file does differently from its protocol row: ['field: file X, protocol Y (source: ref)'].
-
-    ``loss_weights`` and ``repeats`` must match as a whole (a loss or task the row lacks is a difference); a row's
-    ``network`` pins only the arch options it lists (file value, else the arch's default)."""
-    derived = recipe_values(recipe, row['unit'])
-    mismatches = []
-    for key, want in protocol_values(row).items():
-        got = derived.get(key)
-        if key == 'network':
-            got = {name: got.get(name) for name in want}
-        if _same(got, want):
-            continue
-        if key in PROTOCOL_GROUPS:
-            names = sorted(set(got) | set(want))
-            for name in names:
-                if not _same(got.get(name), want.get(name)):
-                    leaf = row[key].get(name) or {}
-                    where = f" ({leaf['source']}: {leaf['ref']})" if leaf else ''
-                    mismatches.append(f'{key}.{name}: file {got.get(name)}, protocol {want.get(name)}{where}')
-        else:
-            unit = f" {row['unit']}" if key in ('total', 'warmup', 'cosine_end') else ''
-            got_text = f'{got:.6g}' if isinstance(got, float) else got
-            mismatches.append(f"{key}: file {got_text}{unit}, protocol {want}{unit} ({row[key]['source']}: "
-                              f"{row[key]['ref']})")
-    return mismatches
-
-
-# ----------------------------------------------------------------------------------------------------- printing
-def _n(value):
-    return f'{value:,}'
-
-
-def _epochs(value):
-    if value is None:
-        return 'n/a'
-    return f'{round(value):,}' if abs(value - round(value)) < 1e-9 else f'{value:,.2f}'
-
-
-def _lr(value):
-    if value is None:
-        return 'n/a (no closed form)'
-    if value == 0:
-        return '0'
-    mantissa, exponent = f'{value:.3e}'.split('e')
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def _number(value):
-    return _lr(value) if isinstance(value, float) and value and abs(value) < 1e-2 else f'{value:g}'
-
-
-def _table(rows, right):
-    """Aligned text columns; ``right`` = indices of right-aligned columns."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return [
-        '  '.join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        .rstrip() for row in rows
-    ]
-
-
-def format_report(r):
-    """The report as aligned text."""
-    lines = [f'Recipe of {r.option_file} (name: {r.name})']
-
-    def item(label, text):
-        lines.append(f'  {label:<27} {text}')
-
-    item('effective batch', f'{r.world_size} × {r.batch_size_per_gpu} per GPU = {r.effective_batch} '
-         f'(world size from {r.world_size_from})')
-    item('patch (gt_size)', f'{r.patch}²')
-    item('augmentation', ', '.join(r.augment) or 'none')
-    total = r.samples_per_epoch
-    rows = [('task', 'class', 'images', 'counted from', 'repeat', 'samples', 'share')]
-    rows += [(t.name, t.degradation, _n(t.images), f'{t.source}: {t.counted}', f'×{t.repeat}', _n(t.samples),
-              f'{t.samples / sum(x.samples for x in r.tasks):.1%}') for t in r.tasks]
-    enlarged = f' (dataset_enlarge_ratio {r.dataset_enlarge_ratio})' if r.dataset_enlarge_ratio != 1 else ''
-    item('samples per epoch', f'{_n(total)}{enlarged}')
-    lines += ['    ' + line for line in _table(rows, right={2, 4, 5, 6})]
-    item('class shares', ', '.join(f'{c} {_n(n)} ({s:.1%})' for (c, n), s in
-                                   zip(r.class_samples.items(), r.class_shares.values())))
-    ranks = f"{r.world_size} rank{'s' if r.world_size > 1 else ''}"
-    item('iterations per epoch', f'{_n(r.iters_per_epoch)} = ceil({_n(total)} / {ranks}) = '
-         f'{_n(r.samples_per_rank)} per rank // batch {r.batch_size_per_gpu} (last incomplete batch dropped)')
-    item('total', f'{_n(r.total_iter)} iterations = {_epochs(r.total_epochs)} epochs (train.total_iter)')
-    if r.warmup_key:
-        item('warm-up', f'{_n(r.warmup_iter)} iterations = {_epochs(r.warmup_epochs)} epochs ({r.warmup_key})')
-    else:
-        item('warm-up', 'none')
-    if r.cosine_end_key:
-        item('cosine end', f'{_n(r.cosine_end_iter)} iterations = {_epochs(r.cosine_end_epochs)} epochs '
-             f'({r.cosine_end_key})')
-    args = ', '.join(f'{k}={v}' for k, v in r.scheduler.items() if k != 'type')
-    item('scheduler', f"{r.scheduler['type']}({args}), stepped every iteration")
-    lr = f'start {_lr(r.lr_start)}'
-    if r.warmup_key:
-        lr += f', end of warm-up {_lr(r.lr_warmup_end)} (iteration {_n(r.warmup_iter)})'
-    item('learning rate', f'{lr}, end {_lr(r.lr_end)} (iteration {_n(r.total_iter)})')
-    opt = r.optimizer
-    extra = ''.join(f', {k.replace("_", " ")} {tuple(v) if isinstance(v, list) else _number(v)}'
-                    for k, v in opt.items() if k not in ('type', 'lr'))
-    item('optimizer', f"{opt['type']} lr {_lr(opt['lr'])}{extra}")
-    item('losses', '; '.join(f"{k}: {v['type']} × {v['loss_weight']:g}" if v['loss_weight'] is not None else
-                             f"{k}: {v['type']}" for k, v in r.losses.items()) or 'none')
-    item('EMA (train.ema_decay)', f'{r.ema_decay:g}' if r.ema_decay > 0 else 'off')
-    item('grad clip (train.grad_clip)', 'off' if r.grad_clip is None else str(r.grad_clip))
-    if r.teacher_forcing_iter is not None:
-        item('teacher forcing', f'{_n(r.teacher_forcing_iter)} iterations = '
-             f'{_epochs(r.epochs(r.teacher_forcing_iter))} epochs (train.teacher_forcing_iter)')
-    item('DDP find_unused_parameters', str(r.find_unused_parameters).lower())
-    if r.val_freq is not None:
-        item('validation', f'every {_n(r.val_freq)} iterations = {_epochs(r.epochs(r.val_freq))} epochs '
-             '(val.val_freq), and at the end')
-    else:
-        item('validation', 'at the end only' if r.val_sets else 'none')
-    rows = [('set', 'class', 'σ', 'crop', 'images', 'counted from')]
-    rows += [(v.name, v.degradation, '' if v.noise_sigma is None else format_sigma(v.noise_sigma),
-              '' if not v.crop_to_multiple else f'×{v.crop_to_multiple}', '?' if v.images is None else _n(v.images),
-              v.source) for v in r.val_sets]
-    if r.val_sets:
-        lines += ['    ' + line for line in _table(rows, right={4})]
-    if r.checkpoint_freq is not None:
-        item('checkpoints', f'every {_n(r.checkpoint_freq)} iterations = {_epochs(r.epochs(r.checkpoint_freq))} '
-             'epochs (logger.save_checkpoint_freq)')
-    for note in r.notes:
-        item('note', note)
-    return '\n'.join(lines)
-
-
-def report_dict(r):
-    """The report as plain JSON-able data (epochs and shares included)."""
-    data = asdict(r)
-    data['class_shares'] = r.class_shares
-    return data
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m allinone_basicsr.tools.recipe',
+        prog='allinone-recipe',
         description='Print what training option files will do (batch, epochs, schedule, losses, data) and check '
         'them.')
     parser.add_argument('option_files', nargs='+', metavar='OPTION_FILE', help='options/train_*.yml')
@@ -679,5 +481,9 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def cli(argv=None):
+    run(main, 'recipe', argv)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    cli()

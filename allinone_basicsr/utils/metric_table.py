@@ -119,13 +119,35 @@ class MetricTable:
             get_root_logger().info(f'Results of {self.name} at {iteration}:\n' + format_metric_table(rows))
 
 
+def decimals(metric):
+    """Decimals a metric is shown with: SSIM 4, accuracies 3, PSNR and the rest 2."""
+    key = metric.lower()
+    return 4 if 'ssim' in key else 3 if 'acc' in key else 2
+
+
+def format_value(metric, value, sign=False):
+    """A metric's value as every table shows it (:func:`decimals`; ``sign``: a difference, +/-); ``inf`` / ``nan``
+    spelled out, None as ''."""
+    if value is None:
+        return ''
+    if not math.isfinite(value):
+        return 'nan' if math.isnan(value) else 'inf' if value > 0 else '-inf'
+    return f'{value:{"+" if sign else ""}.{decimals(metric)}f}'
+
+
+def finite_mean(values):
+    """The mean of the finite values (None, inf and nan left out), or None when none is finite."""
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
 def average_row(rows):
     """The mean of every numeric column over the sets, finite values only (an inf / NaN set is left out)."""
     numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
     avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in rows))
     for key in numeric:
-        values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
-        avg[key] = sum(values) / len(values) if values else float('nan')
+        mean = finite_mean(r.get(key) for r in rows)
+        avg[key] = float('nan') if mean is None else mean
     return avg
 
 
@@ -142,8 +164,7 @@ def format_metric_table(rows):
                 if row['test_set'] != 'Average':
                     flagged.append(f'{row["test_set"]} {key}')
                 return f'{value} (!)'
-            return f'{value:.4f}' if 'ssim' in key.lower() else f'{value:.3f}' if 'acc' in key.lower() else \
-                f'{value:.2f}'
+            return format_value(key, value)
         return str(value)
 
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]

@@ -210,12 +210,15 @@ def test_command_line_errors_are_one_message_and_warnings_one_line(tmp_path, mon
     monkeypatch.setattr(sys, 'argv', ['compare', str(tmp_path / 'run_a'), str(tmp_path / 'run_b'), '--out',
                                       str(tmp_path / 'cmp')])
     with pytest.raises(SystemExit) as exit_:
-        compare._cli()
-    assert str(exit_.value.code).startswith('compare: the runs were tested on different test sets:')
+        compare.cli()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith('compare: error: the runs were tested on different test sets:')
     _write_run(tmp_path / 'run_c', {'set1': math.inf}, yml=False)
     monkeypatch.setattr(sys, 'argv', ['compare', str(tmp_path / 'run_c'), '--out', str(tmp_path / 'cmp')])
-    monkeypatch.setattr(compare.warnings, 'showwarning', compare.warnings.showwarning)  # restored afterwards
+    hook = compare.warnings.showwarning
     with compare.warnings.catch_warnings():
         compare.warnings.simplefilter('always')
-        compare._cli()
-    assert 'warning: run_c / set1: psnr is inf, left out of the average' in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_:
+            compare.cli()
+    assert exit_.value.code == 0 and compare.warnings.showwarning is hook  # no global hook left behind
+    assert 'compare: warning: run_c / set1: psnr is inf, left out of the average' in capsys.readouterr().err
