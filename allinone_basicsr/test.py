@@ -12,28 +12,20 @@ import sys
 import yaml
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from allinone_basicsr.utils.cli import print_help_if_asked
-from allinone_basicsr.utils.options import check_options
+from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
+from allinone_basicsr.utils.options import check_options, plain
 
 import basicsr.test as basicsr_test
-from basicsr.utils.options import parse_options
+from basicsr.utils.options import parse_options as basicsr_parse_options
 
 
-def _plain(value):
-    """Options (OrderedDicts from BasicSR's YAML loader) -> plain dicts and lists, for yaml.safe_dump."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def test_pipeline(root_path):
-    """BasicSR's ``test_pipeline``; returns the options it parsed (the run's own: ``--force_yml`` applied)."""
+def test_pipeline(root_path, argv=None):
+    """BasicSR's ``test_pipeline`` of the command line (or ``argv``); returns the options it parsed (the run's own:
+    ``--force_yml`` applied)."""
     parsed = {}
 
     def parse(root, is_train=False):
-        parsed['opt'], args = parse_options(root, is_train)
+        parsed['opt'], args = parse_options(root, is_train, argv)
         check_options(parsed['opt'], is_train=is_train)  # types and values of every key, before anything runs
         return parsed['opt'], args
 
@@ -41,7 +33,7 @@ def test_pipeline(root_path):
     try:
         basicsr_test.test_pipeline(root_path)
     finally:
-        basicsr_test.parse_options = parse_options
+        basicsr_test.parse_options = basicsr_parse_options
     return parsed['opt']
 
 
@@ -56,7 +48,7 @@ def main():
     if os.path.isdir(folder):  # the options of this run beside its metrics (used by compare)
         with open(os.path.join(folder, 'options.yml'), 'w') as f:
             f.write(f'# options of the run: {" ".join(sys.argv)}\n')
-            yaml.safe_dump(_plain({k: v for k, v in opt.items() if k not in ('dist', 'rank', 'world_size')}), f,
+            yaml.safe_dump(plain({k: v for k, v in opt.items() if k not in ('dist', 'rank', 'world_size')}), f,
                            sort_keys=False)
     table = os.path.join(folder, 'metrics.md')
     if os.path.isfile(table):

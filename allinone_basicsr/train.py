@@ -31,7 +31,7 @@ import torch
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
-from allinone_basicsr.utils.cli import print_help_if_asked
+from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
 from allinone_basicsr.utils.experiment import ExperimentLock, remove_temporaries
 from allinone_basicsr.utils.options import check_options
 from allinone_basicsr.utils.resume import check_resume_data, load_resume_state, resumable_loader
@@ -40,7 +40,7 @@ from basicsr.models import build_model
 from basicsr.train import create_train_val_dataloader, init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
-from basicsr.utils.options import copy_opt_file, dict2str, parse_options
+from basicsr.utils.options import copy_opt_file, dict2str
 
 
 def _prefetcher(opt, loader):
@@ -76,8 +76,10 @@ def check_ranks_agree(model, logger):
     logger.info(f'Weights identical on all {len(gathered)} ranks{note}.')
 
 
-def train_pipeline(root_path):
-    opt, args = parse_options(root_path, is_train=True)
+def train_pipeline(root_path, argv=None):
+    """Train as the command line (or ``argv``, e.g. ``['-opt', 'x.yml', '--auto_resume']``) says, outputs under
+    ``root_path``."""
+    opt, args = parse_options(root_path, True, argv)
     opt['root_path'] = root_path
     notes = check_options(opt, is_train=True)  # types and values of every key, before anything runs
     lock = ExperimentLock(root_path, opt['name'])  # one run per experiment name (rank 0 holds it)

@@ -11,6 +11,7 @@ import yaml
 from pipeline_util import run_python
 
 from allinone_basicsr.tools import table as tb
+from allinone_basicsr.tools import table_smoke as tb_smoke
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -162,13 +163,15 @@ def test_spec_errors_name_the_row_column_and_file(tmp_path, edit, message):
         tb.load_spec(str(path))
 
 
-def test_cli_reports_a_bad_spec_and_exits_1(tmp_path, capsys):
+def test_cli_reports_a_bad_spec_as_a_usage_error(tmp_path, capsys):
     path = write_project(tmp_path, spec_edit=lambda s: s['rows'][1].update(train='options/train_Gone.yml'))
-    assert tb.main([str(path), '--root', str(tmp_path), '--no-macs']) == 1
+    with pytest.raises(SystemExit) as exit_:
+        tb.cli([str(path), '--root', str(tmp_path), '--no-macs'])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}: row 'B': train file options/train_Gone.yml does not exist")
-    assert tb.main([str(tmp_path / 'tables' / 'none.yml')]) == 1
-    assert 'table spec: no such file' in capsys.readouterr().err
+    assert err.startswith(f"table: error: {path}: row 'B': train file options/train_Gone.yml does not exist")
+    with pytest.raises(tb.UsageError, match='table spec: no such file'):
+        tb.main([str(tmp_path / 'tables' / 'none.yml')])
 
 
 def test_smoke_names_a_data_path_it_cannot_build(tmp_path):
@@ -177,7 +180,7 @@ def test_smoke_names_a_data_path_it_cannot_build(tmp_path):
     with pytest.raises(tb.TableSpecError, match=r"row 'A': test file options/test_RunA.yml: "
                                                 r'datasets.test_1.dataroot_gt = datasets/test/urban100.lmdb: --smoke '
                                                 r'knows no demo data for this path'):
-        tb.smoke_data_paths(spec.rows)
+        tb_smoke.smoke_data_paths(spec.rows)
 
 
 # ---------------------------------------------------------------------------------------------- shipped specs

@@ -1,5 +1,7 @@
-"""``--help`` of the plugin's entry points (BasicSR's own parser has no descriptions; it still parses the flags)."""
+"""The train / test entry points' command line: BasicSR's parser for an explicit argument list, and a ``--help`` that
+describes the flags (BasicSR's own parser has none; it still parses them)."""
 import argparse
+import contextlib
 import sys
 
 METHODS = ('SymUNet, SESymUNet (SE-SymUNet), DaAIR, PromptDSANet, PromptIR (network_g.type), AllInOneModel '
@@ -36,3 +38,22 @@ def print_help_if_asked(prog, description, train):
     if '-h' in sys.argv[1:] or '--help' in sys.argv[1:]:
         help_parser(prog, description, train).print_help()
         sys.exit(0)
+
+
+@contextlib.contextmanager
+def _arguments(argv):
+    saved = sys.argv
+    if argv is not None:
+        sys.argv = [saved[0] if saved else 'allinone_basicsr'] + [str(a) for a in argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def parse_options(root_path, is_train, argv=None):
+    """BasicSR's ``parse_options`` (options, args) of the arguments ``argv`` (default: this process's command line).
+    BasicSR's parser reads ``sys.argv`` only, so an explicit ``argv`` stands in for it while it parses."""
+    from basicsr.utils.options import parse_options as basicsr_parse_options
+    with _arguments(argv):
+        return basicsr_parse_options(root_path, is_train=is_train)
