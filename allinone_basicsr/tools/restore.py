@@ -35,29 +35,30 @@ every failed file with the reason; the exit status is then 1 (0 when every image
 error or a network that cannot be built from the option file).
 """
 import argparse
-import io
 import os
 import pickle
 import re
 import socket
 import sys
 import tempfile
-import warnings
-import zlib
 from collections import Counter
 from os import path as osp
 
 import cv2
 import numpy as np
 import torch
-import yaml
-from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import allinone_basicsr  # noqa: F401  (registers the archs)
-from allinone_basicsr.data.image_io import IMG_EXTENSIONS, to_bgr8
+from allinone_basicsr.data.image_io import IMG_EXTENSIONS, ImageError, read_image
 from allinone_basicsr.models.precision import amp_dtype, autocast
+from allinone_basicsr.tools.common import InputNotFoundError, UsageError
+from allinone_basicsr.tools.common import build_network as common_build_network
+from allinone_basicsr.tools.common import run
+from allinone_basicsr.utils.atomic import atomic_write
 from allinone_basicsr.utils.checkpoint import extract_state_dict, load_checkpoint
+from allinone_basicsr.utils.experiment import alive
+from allinone_basicsr.utils.options import OptionFileError, read_yaml
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -66,196 +67,14 @@ _HOST = re.sub(r'[^A-Za-z0-9_.]', '_', socket.gethostname()) or 'host'
 _TMP_RE = re.compile(r'^\..+\.tmp-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)$')
 
 
-class UsageError(ValueError):
-    """A bad argument or option, found before any image is restored (the command exits with status 2)."""
-
-
-class InputNotFoundError(UsageError, FileNotFoundError):
-    """``--input`` names no file or folder."""
-
-
-class ImageError(ValueError):
-    """An input image that cannot be used: unreadable, corrupt, truncated or of an unsupported pixel type."""
-
-    def __init__(self, path, reason):
-        super().__init__(f'{path}: {reason}')
-        self.path, self.reason = path, reason
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading and checking images
-
-
-def _png_problem(data):
-    """None when the PNG's chunks run, checksums intact, to its IEND chunk; otherwise what is wrong."""
-    pos, size = 8, len(data)
-    view = memoryview(data)
-    while pos + 12 <= size:
-        length = int.from_bytes(data[pos:pos + 4], 'big')
-        kind = bytes(data[pos + 4:pos + 8])
-        end = pos + 12 + length
-        if end > size:
-            return f'truncated PNG (chunk {kind.decode("latin-1")!r} cut short: {size} of {end} bytes)'
-        if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], 'big'):
-            return f'corrupt PNG (checksum mismatch in chunk {kind.decode("latin-1")!r})'
-        if kind == b'IEND':
-            return None
-        pos = end
-    return 'truncated PNG (the file ends before its IEND chunk)'
-
-
-def _jpeg_problem(data):
-    """None when the JPEG's segments and entropy-coded scans run to an EOI (end-of-image) marker; otherwise what is
-    wrong. Segments are skipped by their length (an EXIF thumbnail's own EOI is not mistaken for the end)."""
-    size, pos = len(data), 2  # after SOI
-    truncated = 'truncated JPEG (the file ends before its end-of-image marker)'
-    while True:
-        pos = data.find(b'\xff', pos)  # a marker (bytes between segments are tolerated, as libjpeg does)
-        if pos < 0:
-            return truncated
-        while pos < size and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= size:
-            return truncated
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:  # EOI
-            return None
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7 or marker == 0x00:  # no length field
-            continue
-        if pos + 2 > size:
-            return truncated
-        pos += int.from_bytes(data[pos:pos + 2], 'big')
-        if pos > size:
-            return truncated
-        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker other than FF00 and RSTn
-            while True:
-                pos = data.find(b'\xff', pos)
-                if pos < 0:
-                    return truncated
-                nxt = pos + 1
-                while nxt < size and data[nxt] == 0xFF:
-                    nxt += 1
-                if nxt >= size:
-                    return truncated
-                if data[nxt] == 0x00 or 0xD0 <= data[nxt] <= 0xD7:
-                    pos = nxt + 1
-                    continue
-                pos = nxt - 1  # the outer loop reads this marker
-                break
-
-
-_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
-_TIFF_DATA_TAGS = {273: 279, 324: 325}  # StripOffsets: StripByteCounts, TileOffsets: TileByteCounts
-
-
-def _tiff_problem(data):
-    """None when the first image directory of a (classic) TIFF, the values of its tags and its strips or tiles all
-    lie inside the file; otherwise what is missing. BigTIFF and unknown tag types are left to the decoders."""
-    order = {b'II*\x00': 'little', b'MM\x00*': 'big'}.get(bytes(data[:4]))
-    if order is None:
-        return None
-    size = len(data)
-
-    def num(pos, width):
-        return int.from_bytes(data[pos:pos + width], order)
-
-    ifd = num(4, 4)
-    if ifd + 2 > size or ifd + 2 + 12 * num(ifd, 2) + 4 > size:
-        return f'truncated TIFF (its image directory at byte {ifd} runs past the end of the {size}-byte file)'
-    values = {}
-    for i in range(num(ifd, 2)):
-        entry = ifd + 2 + 12 * i
-        tag, kind, count = num(entry, 2), num(entry + 2, 2), num(entry + 4, 4)
-        if kind not in _TIFF_TYPE_SIZES:
-            continue
-        width = _TIFF_TYPE_SIZES[kind] * count
-        pos = entry + 8 if width <= 4 else num(entry + 8, 4)
-        if pos + width > size:
-            return f'truncated TIFF (the value of tag {tag} runs past the end of the {size}-byte file)'
-        if kind in (3, 4):
-            values[tag] = [num(pos + k * _TIFF_TYPE_SIZES[kind], _TIFF_TYPE_SIZES[kind]) for k in range(count)]
-    for offsets, counts in _TIFF_DATA_TAGS.items():
-        for offset, count in zip(values.get(offsets, ()), values.get(counts, ())):
-            if offset + count > size:
-                return f'truncated TIFF (its image data runs to byte {offset + count}, the file has {size})'
-    return None
-
-
-def _pillow_problem(data):
-    """None when Pillow decodes the whole image (or cannot identify its format: OpenCV's decoding decides then);
-    otherwise what went wrong. Truncated files raise (``LOAD_TRUNCATED_IMAGES`` off), whatever the format."""
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
-    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, None  # large images are what tiling is for
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            try:
-                img = Image.open(io.BytesIO(data))
-            except Exception:  # a format or variant Pillow does not know
-                return None
-            with img:
-                try:
-                    img.load()
-                except Exception as err:
-                    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    if 'not available' in msg or 'unsupported' in msg.lower():  # a feature Pillow lacks
-                        return None
-                    return f'truncated or corrupt {img.format or "image"} ({msg})'
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
-    return None
-
-
-def check_complete(data):
-    """None when the encoded image ``data`` is complete, otherwise the reason: a PNG's chunks (lengths, checksums,
-    IEND); a JPEG's markers (EOI) and a full Pillow decode; WebP's RIFF size; a TIFF's first directory, tag values
-    and strips or tiles inside the file; then, for every format but PNG, a full Pillow decode."""
-    if data.startswith(b'\x89PNG\r\n\x1a\n'):
-        return _png_problem(data)
-    if data.startswith(b'\xff\xd8\xff'):
-        return _jpeg_problem(data) or _pillow_problem(data)
-    if data[:4] == b'RIFF' and data[8:12] == b'WEBP' and int.from_bytes(data[4:8], 'little') + 8 > len(data):
-        return f'truncated WebP ({len(data)} of {int.from_bytes(data[4:8], "little") + 8} bytes)'
-    return _tiff_problem(data) or _pillow_problem(data)
-
-
-def decode_image(data, name):
-    """Encoded bytes -> HxWx3 float32 RGB in [0, 1]; an :class:`ImageError` naming ``name`` when they are empty,
-    truncated, corrupt or of an unsupported pixel type."""
-    if not data:
-        raise ImageError(name, 'empty file')
-    problem = check_complete(data)
-    if problem:
-        raise ImageError(name, problem)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(name, 'cannot decode it (corrupt, or a format OpenCV cannot read)')
-    try:
-        bgr = to_bgr8(img, name)
-    except ValueError as err:
-        raise ImageError(name, str(err).removeprefix(f'{name}: ')) from None
-    return np.ascontiguousarray(bgr[..., ::-1]).astype(np.float32) / 255.0
-
-
-def read_image(path):
-    """Any image file -> HxWx3 float32 RGB in [0, 1] (grey -> RGB, alpha dropped, 16-bit -> 8-bit with a warning).
-    An unreadable, corrupt or truncated file raises an :class:`ImageError` (a ValueError) with the reason."""
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-    except OSError as err:
-        raise ImageError(path, f'cannot read it ({err.strerror or err})') from None
-    return decode_image(data, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The network and tiled inference
 
 
 def build_network(opt, device):
-    net_opt = dict(opt['network_g'])
-    net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+    """The option file's network with its weights (``path.pretrain_network_g``, ``path.param_key_g``), in eval mode on
+    ``device``; external weight files (CLIP) as the options name them."""
+    net = common_build_network(opt['network_g'], pretrained=True)
     path = (opt.get('path') or {}).get('pretrain_network_g')
     if not path:
         raise ValueError('path.pretrain_network_g: the option file names no weights to restore with')
@@ -429,14 +248,12 @@ def check_device(name):
 
 
 def load_options(path):
-    """The option file, with what restoring needs checked (a UsageError naming the key otherwise)."""
+    """The option file (``utils.options.read_yaml``: data only), with what restoring needs checked (a UsageError
+    naming the key otherwise)."""
     try:
-        with open(path) as f:
-            opt = yaml.safe_load(f)
-    except OSError as err:
-        raise UsageError(f'-opt {path}: cannot read it ({err.strerror or err})') from None
-    except yaml.YAMLError as err:
-        raise UsageError(f'-opt {path}: not valid YAML ({err})') from None
+        opt = read_yaml(path)
+    except OptionFileError as err:
+        raise UsageError(f'-opt {path}: {err}') from None
     net = opt.get('network_g') if isinstance(opt, dict) else None
     if not isinstance(net, dict) or not net.get('type'):
         raise UsageError(f'-opt {path}: network_g (a mapping with a type) is missing')
@@ -448,16 +265,6 @@ def load_options(path):
     if not osp.isfile(weights):
         raise UsageError(f'-opt {path}: path.pretrain_network_g: no such file: {weights}')
     return opt
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def prepare_output_folder(output):
@@ -475,7 +282,7 @@ def prepare_output_folder(output):
         raise UsageError(f'--output {output}: cannot write there ({err.strerror or err})') from None
     for name in os.listdir(output):
         match = _TMP_RE.match(name)
-        if match and match['host'] == _HOST and not _alive(int(match['pid'])):
+        if match and match['host'] == _HOST and not alive(int(match['pid'])):
             try:
                 os.remove(osp.join(output, name))
             except OSError:
@@ -494,21 +301,10 @@ def write_png(target, bgr):
     if not ok or buf is None:
         raise OSError(f'cannot write {target} (PNG encoding failed)')
     folder, name = osp.split(target)
-    tmp = osp.join(folder, f'.{name}.tmp-{_HOST}-{os.getpid()}')
     try:
-        with open(tmp, 'wb') as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        atomic_write(target, lambda f: f.write(buf.tobytes()), osp.join(folder, f'.{name}.tmp-{_HOST}-{os.getpid()}'))
     except OSError as err:
         raise OSError(f'cannot write {target} ({err.strerror or err})') from err
-    finally:
-        if osp.lexists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
 
 
 def _reason(err):
@@ -524,7 +320,7 @@ def _reason(err):
 
 def _parser():
     doc = __doc__.split('\n\n')
-    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.tools.restore', description=doc[0],
+    parser = argparse.ArgumentParser(prog='allinone-restore', description=doc[0],
                                      epilog='\n\n'.join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-opt', required=True, help='a test option file (network_g, path.pretrain_network_g)')
     parser.add_argument('--input', required=True, help='an image or a folder of images (not its sub-folders)')
@@ -616,11 +412,7 @@ def main(argv=None):
 
 def cli(argv=None):
     """The command: exit status 0 (all restored), 1 (some images failed, listed) or 2 (an argument error)."""
-    try:
-        return main(argv)
-    except UsageError as err:
-        print(f'restore: error: {err}', file=sys.stderr)
-        raise SystemExit(2) from None
+    run(lambda args: main(args) and 0, 'restore', argv)  # main returns the count of restored images
 
 
 if __name__ == '__main__':

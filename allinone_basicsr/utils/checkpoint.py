@@ -1,34 +1,18 @@
 """Checkpoint reading and atomic writing for AllInOneModel (not a model module: the registry scan skips it)."""
 import argparse
 import collections
-import os
 import pickle
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
+
 
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash or a kill never leaves
-    half a file under ``path`` (the old file, or none, stays until the new one is complete on disk)."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:  # make the rename itself durable
-            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``torch.save`` atomically (:func:`.atomic.atomic_write`): a crash or a kill never leaves half a file under
+    ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # Pure-data classes that Lightning checkpoints (and older training scripts) pickle besides tensors: hyper-parameter

@@ -22,7 +22,9 @@ def _start_time(pid):
         return None
 
 
-def _alive(pid, start_time):
+def alive(pid, start_time=None):
+    """Whether process ``pid`` runs (a process of another user counts); with ``start_time``, whether it is still the
+    process that started then (not a reused pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +68,7 @@ class ExperimentLock:
                     raise RuntimeError(
                         f'experiment {self.name!r} is in use by pid {owner_pid} on {owner_host} since {since} '
                         f'({self.path}). Give this run another name; if that run is gone, delete the lock file.')
-                if _alive(owner_pid, start):
+                if alive(owner_pid, start):
                     raise RuntimeError(
                         f'experiment {self.name!r} is in use by a running process (pid {owner_pid} on {host}, since '
                         f'{since}). Give this run another name (--force_yml name=...) or wait for it to end.')

@@ -10,8 +10,9 @@ import yaml
 from pipeline_util import run_python
 
 from allinone_basicsr.archs.symunet_arch import SymUNet
+from allinone_basicsr.data.image_io import read_image
 from allinone_basicsr.tools import restore
-from allinone_basicsr.tools.restore import main, read_image, restore_tensor
+from allinone_basicsr.tools.restore import main, restore_tensor
 
 TINY = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1],
         'restormer_heads': [1, 2, 4], 'restormer_middle_heads': 8}
