@@ -42,8 +42,11 @@ setup(
         'console_scripts': [
             'allinone-train=allinone_basicsr.train:main',
             'allinone-test=allinone_basicsr.test:main',
-            'allinone-recipe=allinone_basicsr.tools.recipe:main',
-            'allinone-table=allinone_basicsr.tools.table:main',
+            'allinone-restore=allinone_basicsr.tools.restore:cli',
+            'allinone-compare=allinone_basicsr.tools.compare:cli',
+            'allinone-convert=allinone_basicsr.tools.convert:cli',
+            'allinone-recipe=allinone_basicsr.tools.recipe:cli',
+            'allinone-table=allinone_basicsr.tools.table:cli',
             'allinone-gpu-check=allinone_basicsr.tools.gpu_check:cli',
         ]
     },

@@ -414,7 +414,7 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m allinone_basicsr.tools.compare',
+    parser = argparse.ArgumentParser(prog='allinone-compare',
                                      description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog='\n\n'.join(__doc__.split('\n\n')[2:]))
