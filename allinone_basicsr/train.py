@@ -9,7 +9,7 @@ same order). It is forked, not wrapped, because exact resumption needs the sampl
 which ``train_pipeline`` builds and keeps inside itself. The deviations, each commented where it happens:
 
 - options are type-checked first (``option_check``), and one run per experiment name holds a lock (``experiment``);
-- the train loader is rebuilt around ``resume.ResumableSampler`` / ``SeededDataset`` (every sample its own seed),
+- the train loader is built around ``resume.ResumableSampler`` / ``SeededDataset`` (every sample its own seed),
   so a run resumed from the state of iteration k continues with the batches, crops and noise of the
   uninterrupted run (on CPU: the same weights bit for bit); BasicSR restarts the epoch instead;
 - resume loads onto the CPU, falls back past unreadable states and refuses a changed batch or data
@@ -36,8 +36,9 @@ from allinone_basicsr.utils.experiment import ExperimentLock, remove_temporaries
 from allinone_basicsr.utils.options import check_options
 from allinone_basicsr.utils.resume import check_resume_data, load_resume_state, resumable_loader
 
+from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.train import create_train_val_dataloader, init_tb_loggers
+from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str
@@ -52,6 +53,22 @@ def _prefetcher(opt, loader):
             raise ValueError('datasets.train.prefetch_mode: cuda needs pin_memory: true')
         return LazyCUDAPrefetcher(loader, opt)
     raise ValueError(f"datasets.train.prefetch_mode {mode!r} is not one of: ~, 'cpu', 'cuda'")
+
+
+def validation_loaders(opt, logger):
+    """A loader of every ``val*`` set of ``opt['datasets']`` (BasicSR's build and log line); another phase than
+    train / val is an error, as in BasicSR."""
+    loaders = []
+    for phase, dataset_opt in opt['datasets'].items():
+        if phase == 'train':
+            continue
+        if phase.split('_')[0] != 'val':
+            raise ValueError(f'Dataset phase {phase} is not recognized.')
+        dataset = build_dataset(dataset_opt)
+        loaders.append(build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=None,
+                                        seed=opt['manual_seed']))
+        logger.info(f'Number of val images/folders in {dataset_opt["name"]}: {len(dataset)}')
+    return loaders
 
 
 def check_ranks_agree(model, logger):
@@ -129,8 +146,9 @@ def _train(opt, args, root_path, notes=()):
         for path in remove_temporaries(opt['path']['experiments_root']):
             logger.info(f'Removed {path}: the temporary file of a write a killed run never finished.')
 
-    train_loader, _, val_loaders, _, total_iters = create_train_val_dataloader(opt, logger)
-    train_loader, sampler = resumable_loader(opt, train_loader)  # deviation: per-sample seeds, mid-epoch start
+    train_loader, sampler = resumable_loader(opt, logger)  # deviation: per-sample seeds, mid-epoch start
+    val_loaders = validation_loaders(opt, logger)
+    total_iters = int(opt['train']['total_iter'])
     # the loader's real batch: batch_size_per_gpu, times num_gpu under DataParallel (num_gpu > 1, no launcher)
     batch_size = train_loader.batch_size
     iters_per_epoch = sampler.num_samples // batch_size  # drop_last

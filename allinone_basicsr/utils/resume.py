@@ -12,6 +12,7 @@ one entry per rank), as tensors and plain numbers so it loads with ``weights_onl
 the CPU: the RNG setters need CPU byte tensors, and ``Optimizer.load_state_dict`` moves the optimizer state onto
 the parameters' device itself.
 """
+import math
 import os
 import random
 import warnings
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils import data
 
-from basicsr.data import build_dataloader
+from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
 from .seeds import sample_seed
 
@@ -178,15 +179,26 @@ def load_resume_state(opt):
     return resume_state
 
 
-def resumable_loader(opt, train_loader):
-    """BasicSR's train loader rebuilt around a :class:`ResumableSampler` (same order, per-sample seeds) and the
-    dataset wrapped in a :class:`SeededDataset`. Returns the loader and its sampler."""
+def resumable_loader(opt, logger):
+    """The train loader, built once: ``datasets.train`` (BasicSR's ``build_dataset``) wrapped in a
+    :class:`SeededDataset`, ordered by a :class:`ResumableSampler` (BasicSR's EnlargedSampler order, per-sample
+    seeds), batched by BasicSR's ``build_dataloader``; logs BasicSR's training statistics. Returns the loader and its
+    sampler."""
     dataset_opt = opt['datasets']['train']
-    dataset = SeededDataset(train_loader.dataset)
-    sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], dataset_opt.get('dataset_enlarge_ratio', 1),
-                               seed=opt['manual_seed'])
+    ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+    dataset = SeededDataset(build_dataset(dataset_opt))
+    sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], ratio, seed=opt['manual_seed'])
     loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
                               seed=opt['manual_seed'])
+    per_epoch = math.ceil(len(dataset) * ratio / (dataset_opt['batch_size_per_gpu'] * opt['world_size']))
+    total_iters = int(opt['train']['total_iter'])
+    logger.info('Training statistics:'  # BasicSR's lines, as create_train_val_dataloader logs them
+                f'\n\tNumber of train images: {len(dataset)}'
+                f'\n\tDataset enlarge ratio: {ratio}'
+                f'\n\tBatch size per gpu: {dataset_opt["batch_size_per_gpu"]}'
+                f'\n\tWorld size (gpu number): {opt["world_size"]}'
+                f'\n\tRequire iter number per epoch: {per_epoch}'
+                f'\n\tTotal epochs: {math.ceil(total_iters / per_epoch)}; iters: {total_iters}.')
     return loader, sampler
 
 
