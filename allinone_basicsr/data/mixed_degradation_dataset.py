@@ -28,6 +28,7 @@ import torch
 from torch.utils import data as data
 
 from allinone_basicsr.utils.lmdb import checked_lmdb
+from allinone_basicsr.utils.option_types import to_int, to_number
 
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient
@@ -297,14 +298,9 @@ def _degradation_index(where, degradation, classes):
 
 
 def _check_sigma(where, sigma):
-    """``where`` names the option, e.g. ``"datasets.train (...): tasks[0].noise_sigma"``."""
-    try:
-        sigma = float(sigma)
-    except (TypeError, ValueError):
-        raise ValueError(f'{where}: expected a number, got {sigma!r}') from None
-    if sigma < 0:
-        raise ValueError(f'{where}: must be >= 0, got {sigma}')
-    return sigma
+    """``where`` names the option, e.g. ``"datasets.train (...): tasks[0].noise_sigma"``; the option files' rule for
+    it (``utils.option_types``: a number >= 0)."""
+    return float(to_number(sigma, where, minimum=0))
 
 
 class TaskSource:
@@ -507,10 +503,8 @@ class AllInOneTestDataset(data.Dataset):
         self.degradation_classes = list(opt.get('degradation_classes') or DEFAULT_DEGRADATION_CLASSES)
         self.label = _degradation_index(where, opt.get('degradation'), self.degradation_classes)
         self.task = str(opt.get('task', opt.get('name', 'test')))
-        crop = opt.get('crop_to_multiple')
-        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
-            raise ValueError(f'{where}: crop_to_multiple: expected a positive integer or null, got {crop!r}')
-        self.crop_to_multiple = crop
+        # the option files' rule for it (utils.option_types), for sets built without the option check too
+        self.crop_to_multiple = to_int(opt.get('crop_to_multiple'), f'{where}: crop_to_multiple', minimum=1, null=True)
         self.reader = _SourceReader()
         self.source = TaskSource(opt, f'{where}: ', self.reader, f"dataset '{opt.get('name')}'")
         self.keys = self.source.keys

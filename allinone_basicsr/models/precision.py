@@ -16,6 +16,8 @@ import functools
 
 import torch
 
+from allinone_basicsr.utils.options import PRECISIONS
+
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -42,11 +44,9 @@ def without_cudnn_autotuning(fn):
 
 def amp_dtype(value, key):
     """The autocast dtype an option names (``bf16``, ``fp16``), or None for ``~`` / ``fp32``."""
-    if value in (None, 'fp32'):
-        return None
-    if value not in AMP_DTYPES:
+    if value not in PRECISIONS and value is not None:  # the option check's rule, for models built without it
         raise ValueError(f'{key}: {value!r} is not a precision; valid: bf16, fp16, ~ (float32)')
-    return AMP_DTYPES[value]
+    return AMP_DTYPES.get(value)
 
 
 def autocast(device, dtype):

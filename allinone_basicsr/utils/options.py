@@ -20,7 +20,8 @@ import yaml
 from .arch_options import check_arch_kwargs
 from .option_types import OptionNotes, expectation, fail, to_bool, to_int, to_list, to_number, to_str
 
-__all__ = ['COMPILE_KEYS', 'OptionFileError', 'SafeOrderedLoader', 'check_options', 'check_training_state',
+__all__ = ['COMPILE_KEYS', 'PRECISIONS', 'OptionFileError', 'SafeOrderedLoader', 'check_options',
+           'check_training_state',
            'load_options', 'read_yaml']
 
 
@@ -81,6 +82,8 @@ def load_options(path, is_train=True, check=True, logger=None):
     return opt
 
 
+# the values of train.amp / val.amp (models/precision.py; ~ is fp32)
+PRECISIONS = ('bf16', 'fp16', 'fp32')
 # torch.compile's keywords that a compile option (train.compile / val.compile) may give
 COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
 
@@ -299,7 +302,7 @@ def _check_train(train):
 
 def _check_precision(section):
     """``amp`` (bf16 | fp16 | ~) and ``compile`` (bool) of ``train`` / ``val`` (models/precision.py)."""
-    section.check('amp', to_str, null=True, choices=('bf16', 'fp16', 'fp32'))
+    section.check('amp', to_str, null=True, choices=PRECISIONS)
     compile_opt = section.values.get('compile')
     if isinstance(compile_opt, dict):
         unknown = sorted(set(compile_opt) - set(COMPILE_KEYS))
