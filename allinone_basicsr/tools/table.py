@@ -37,7 +37,7 @@ import time
 import warnings
 from os import path as osp
 
-from allinone_basicsr.tools.common import UsageError, run
+from allinone_basicsr.tools.common import UsageError, build_network, run
 from allinone_basicsr.tools.table_smoke import SMOKE_MACS_SIZE, run_smoke, smoke_network
 from allinone_basicsr.tools.table_spec import (MISSING, NOT_GIVEN, NOT_RUN, NOT_TESTED, TableSpecError, _load_yaml,
                                                applicable, load_spec, our_cell, read_results)
@@ -65,17 +65,10 @@ class Efficiency:
 
     def _net(self, key, network_g):
         if self._last[0] != key:
-            import allinone_basicsr  # noqa: F401  (registers the archs)
-
-            from basicsr.utils.registry import ARCH_REGISTRY
-            opt = dict(network_g)
-            for name in ('clip_pretrained', 'prompt_net_pretrained'):  # sizes do not depend on external weights
-                if opt.get(name):
-                    opt[name] = None
-            self._last = (None, None)
+            self._last = (None, None)  # the previous network is freed before the next one is built
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                self._last = (key, ARCH_REGISTRY.get(opt.pop('type'))(**opt))
+                self._last = (key, build_network(network_g))  # sizes do not depend on external weights
         return self._last[1]
 
     @staticmethod

@@ -21,8 +21,7 @@ from .arch_options import check_arch_kwargs
 from .option_types import OptionNotes, expectation, fail, to_bool, to_int, to_list, to_number, to_str
 
 __all__ = ['COMPILE_KEYS', 'PRECISIONS', 'OptionFileError', 'SafeOrderedLoader', 'check_options',
-           'check_training_state',
-           'load_options', 'read_yaml']
+           'check_training_state', 'load_options', 'plain', 'read_yaml']
 
 
 # ---------------------------------------------------------------------------------------------------- reading
