@@ -1,23 +1,18 @@
 """Helpers shared by the tests that run the pipelines as subprocesses (imported via conftest's sys.path)."""
 import os
-import signal
-import socket
 import subprocess
 import sys
 
+from allinone_basicsr.utils.processes import free_port, run_process
+
 
 def _run(cmd, cwd, env, timeout):
-    """``subprocess.run`` in a new session: on timeout the whole process group (torchrun and its workers) is killed,
-    so a hung run fails the test instead of leaving processes behind."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+    """The package's ``run_process`` (a new session; on timeout the whole process group, torchrun and its workers,
+    is killed), so a hung run fails the test instead of leaving processes behind."""
+    code, stdout, stderr, timed_out = run_process(cmd, cwd, env, timeout)
+    if timed_out:
         raise AssertionError(f'{cmd} did not finish in {timeout} s (killed):\n{stdout[-3000:]}\n{stderr[-3000:]}')
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(cmd, code, stdout, stderr)
 
 
 def run_python(args, cwd=None, check=True, timeout=900, threads=2):
@@ -29,13 +24,6 @@ def run_python(args, cwd=None, check=True, timeout=900, threads=2):
     return proc
 
 
-def free_port():
-    """A TCP port nobody listens on now (the OS picks it), so concurrent test runs never share a master port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def run_torchrun(args, cwd, nproc=2, check=True, timeout=900):
     """``torchrun --nproc_per_node=nproc args...`` (one OpenMP thread per rank, a free master port)."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
@@ -45,3 +33,15 @@ def run_torchrun(args, cwd, nproc=2, check=True, timeout=900):
     if check:
         assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc
+
+
+def stand_in_official_symunet(folder):
+    """A stand-in official SymUNet checkout (the official code is not in this repository): its SymUNet_arch.py
+    imports ``transformers`` at the top like the official file (replaced by an empty module when not installed)
+    and defines SymUNet as ours."""
+    arch = folder / 'basicsr' / 'models' / 'archs' / 'SymUNet_arch.py'
+    arch.parent.mkdir(parents=True)
+    arch.write_text('from transformers import CLIPModel, CLIPImageProcessor\n'
+                    'from allinone_basicsr.archs.symunet_arch import SymUNet as _Ours\n\n\n'
+                    'class SymUNet(_Ours):\n    pass\n')
+    return folder

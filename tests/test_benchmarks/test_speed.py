@@ -11,7 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 import speed  # noqa: E402
-from pipeline_util import run_python  # noqa: E402
+from pipeline_util import run_python, stand_in_official_symunet  # noqa: E402
 
 
 def _args(**kw):
@@ -37,18 +37,6 @@ def _ratio_cell(cell):
     match = re.fullmatch(r'([0-9.]+)× \(([0-9.]+)×\)', cell)
     assert match, cell
     return float(match.group(1)), float(match.group(2))
-
-
-def _stand_in_checkout(tmp_path):
-    """A stand-in official SymUNet checkout (the official code is not in this repository): its SymUNet_arch.py
-    imports ``transformers`` at the top like the official file (replaced by an empty module when not installed)
-    and defines SymUNet as ours."""
-    arch = tmp_path / 'basicsr' / 'models' / 'archs' / 'SymUNet_arch.py'
-    arch.parent.mkdir(parents=True)
-    arch.write_text('from transformers import CLIPModel, CLIPImageProcessor\n'
-                    'from allinone_basicsr.archs.symunet_arch import SymUNet as _Ours\n\n\n'
-                    'class SymUNet(_Ours):\n    pass\n')
-    return tmp_path
 
 
 TINY_SYMUNET = ['--config', 'width=8', 'middle_blk_num=1', 'enc_blk_nums=[1,1,1]', 'dec_blk_nums=[1,1,1]',
@@ -93,7 +81,7 @@ def test_compare_official_times_both_side_by_side(tmp_path):
     """The stand-in defines SymUNet as ours, so the outputs must match exactly and every column must be filled;
     the variants table puts our bfloat16 train step beside our float32 and the official float32 steps, all from
     the same interleaved rounds."""
-    checkout = _stand_in_checkout(tmp_path)
+    checkout = stand_in_official_symunet(tmp_path)
     proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(checkout), '--rounds', '1', '--train-size',
                        '32', '--threads', '1', '--variants', 'bf16'], check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -119,7 +107,7 @@ def test_compiled_variant_says_why_it_cannot_run(tmp_path, monkeypatch):
     gives the reason, found before any tracing, and the other variants are still measured. ``--config`` makes the
     networks tiny."""
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-g++'))
-    checkout = _stand_in_checkout(tmp_path / 'checkout')
+    checkout = stand_in_official_symunet(tmp_path / 'checkout')
     proc = run_python([str(BENCH / 'speed.py'), '--compare-official', str(checkout), '--rounds', '1', '--train-size',
                        '32', '--threads', '1', '--variants', 'bf16', 'compiled', *TINY_SYMUNET],
                       check=False, timeout=600)

@@ -3,7 +3,6 @@ mode): resume states load onto the CPU, every rank's RNG states travel in the tr
 backend follows the tensors' device, the training step has one host sync, validation turns cuDNN autotuning off,
 and the CUDA prefetcher starts at reset()."""
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 from allinone_basicsr import _compat
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.utils.probes import RecordHostReads
+from allinone_basicsr.utils.processes import free_port
 from allinone_basicsr.utils.resume import gather_rng_states, get_rng_states, load_resume_state, restore_rng_states
 
 from basicsr.data.prefetch_dataloader import CUDAPrefetcher
@@ -43,12 +43,6 @@ def test_resume_state_loads_onto_the_cpu_when_cuda_is_there(tmp_path, monkeypatc
     assert restored and all(s.device.type == 'cpu' for s in restored[0])
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _rng_worker(rank, port, out):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=2)
@@ -63,7 +57,7 @@ def _rng_worker(rank, port, out):
 
 
 def test_every_rank_restores_its_own_rng_states(tmp_path):
-    mp.start_processes(_rng_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method='spawn')
+    mp.start_processes(_rng_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method='spawn')
     results = [torch.load(tmp_path / f'rank{rank}.pt') for rank in range(2)]
     assert all(n == 2 and same for n, same, _ in results)  # two entries; each rank continues its own
     assert not torch.equal(results[0][2], results[1][2])  # the ranks' generators differ

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_util import run_python
+from pipeline_util import run_python, stand_in_official_symunet
 
 from allinone_basicsr.tools import gpu_check
 from allinone_basicsr.utils.probes import RecordHostReads, SdpaBackends
@@ -77,19 +77,8 @@ def test_syncs_resume_and_restore_rows(tiny_report):
     assert len(restore) == 3 and restore[-1]['pixel-wise net: max |tiled - whole|'] <= 1e-5
 
 
-def _stand_in_checkout(tmp_path):
-    """An official SymUNet checkout stand-in (the official code is not in this repository): its SymUNet_arch.py
-    imports ``transformers`` like the official file and defines SymUNet as ours."""
-    arch = tmp_path / 'basicsr' / 'models' / 'archs' / 'SymUNet_arch.py'
-    arch.parent.mkdir(parents=True)
-    arch.write_text('from transformers import CLIPModel, CLIPImageProcessor\n'
-                    'from allinone_basicsr.archs.symunet_arch import SymUNet as _Ours\n\n\n'
-                    'class SymUNet(_Ours):\n    pass\n')
-    return tmp_path
-
-
 def test_official_section_times_both_and_compares_outputs(tmp_path):
-    checkout = _stand_in_checkout(tmp_path / 'official')
+    checkout = stand_in_official_symunet(tmp_path / 'official')
     proc = run_python(['-m', 'allinone_basicsr.tools.gpu_check', '--device', 'cpu', '--tiny', '--sections', 'official',
                        '--official-symunet', str(checkout), '--out', str(tmp_path / 'out')], cwd=tmp_path,
                       check=False, timeout=600, threads=1)
@@ -102,7 +91,7 @@ def test_official_section_times_both_and_compares_outputs(tmp_path):
 
 
 def test_official_section_refuses_the_other_method(tmp_path):
-    checkout = _stand_in_checkout(tmp_path / 'official')
+    checkout = stand_in_official_symunet(tmp_path / 'official')
     proc = run_python(['-m', 'allinone_basicsr.tools.gpu_check', '--device', 'cpu', '--tiny', '--sections', 'official',
                        '--official-promptir', str(checkout), '--out', str(tmp_path / 'out')], cwd=tmp_path,
                       check=False, timeout=300, threads=1)

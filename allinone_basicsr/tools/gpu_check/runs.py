@@ -4,9 +4,6 @@ import csv
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from os import path as osp
@@ -22,16 +19,11 @@ from allinone_basicsr.tools.gpu_check.common import (OFFICIAL_ATOL, OFFICIAL_TIN
                                                      load_recipe, logged_warnings, network_of, release)
 from allinone_basicsr.utils.checkpoint import save_network_file
 from allinone_basicsr.utils.official import load_official
+from allinone_basicsr.utils.processes import free_port, run_process
 from allinone_basicsr.utils.smoke import compress_schedule
 from allinone_basicsr.utils.timing import interleaved, step_fns
 
 from basicsr.utils.registry import ARCH_REGISTRY
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def run_command(args, cwd, settings, timeout, log_name):
@@ -41,18 +33,12 @@ def run_command(args, cwd, settings, timeout, log_name):
                PYTHONUNBUFFERED='1')
     if not settings.cuda:
         env.setdefault('OMP_NUM_THREADS', str(max(1, torch.get_num_threads())))
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+    code, stdout, stderr, timed_out = run_process(args, cwd, env, timeout)
+    if timed_out:
         stderr += f'\n(killed after {timeout} s)'
-        proc.returncode = -signal.SIGKILL
     with open(osp.join(settings.work, f'{log_name}.log'), 'w') as f:
         f.write(f'$ {" ".join(args)}\n{stdout}\n--- stderr\n{stderr}')
-    return proc.returncode, stderr
+    return code, stderr
 
 
 def _tail(text, lines=3):
@@ -144,7 +130,7 @@ def run_resume(report, settings, iters):
         train = ['-m', 'allinone_basicsr.train', '-opt', option_file]
         if launch:
             args = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=1', '--master_addr=127.0.0.1',
-                    f'--master_port={_free_port()}'] + train + ['--launcher', 'pytorch']
+                    f'--master_port={free_port()}'] + train + ['--launcher', 'pytorch']
         else:
             args = [sys.executable] + train
         extra = ', '.join(f'{k} {v}' for k, v in extra_train.items())
