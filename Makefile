@@ -1,5 +1,6 @@
 # make demo   fresh clone -> venv, demo LMDBs, trained demo model, PSNR/SSIM table   (METHOD=symunet by default)
 # make test   the test suite (CI runs this through .ci/run)
+# make test-fast   the suite without the end-to-end (slow-marked) tests: the inner loop, a few minutes
 # make install   only create/refresh the venv
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.allinone-installed
 # torch first, then basicsr without build isolation (its setup.py imports torch), then this package.
 TORCH_PKGS ?= torch torchvision
 
-.PHONY: install demo demo-data test clean-demo
+.PHONY: install demo demo-data test test-fast clean-demo
 
 install: $(STAMP)
 
@@ -32,6 +33,9 @@ demo: demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m 'not slow'
 
 clean-demo:
 	rm -rf datasets/demo experiments/*_demo* results/*_demo*

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 BENCH = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 import speed  # noqa: E402

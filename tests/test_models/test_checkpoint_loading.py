@@ -65,6 +65,7 @@ def test_lightning_checkpoint_with_net_prefix(tmp_path, reference, extra):
 def test_a_checkpoint_with_other_python_objects_is_refused_then_converted(tmp_path, reference):
     """A script's own class needs a full unpickle: refused, with the global and the one-time conversion named;
     ``convert --trust-pickle`` (an explicit choice) writes a weights-only file that loads."""
+    from allinone_basicsr.tools.common import UsageError
     from allinone_basicsr.tools.convert import main as convert
     from allinone_basicsr.utils.checkpoint import UnsafeCheckpointError
     torch.save(lightning_checkpoint(reference, hyper_parameters={'opt': _Hparams()}), tmp_path / 'model.ckpt')
@@ -72,7 +73,7 @@ def test_a_checkpoint_with_other_python_objects_is_refused_then_converted(tmp_pa
                        match=r'test_checkpoint_loading\._Hparams.*allinone_basicsr\.tools\.convert '
                        r'.* --trust-pickle'):
         build_from(tmp_path / 'model.ckpt', reference)
-    with pytest.raises(SystemExit, match='refused'):
+    with pytest.raises(UsageError, match='refused'):  # exit status 2 through the command
         convert([str(tmp_path / 'model.ckpt'), str(tmp_path / 'lean.pth')])  # not without the flag
     convert([str(tmp_path / 'model.ckpt'), str(tmp_path / 'lean.pth'), '--trust-pickle'])
     assert set(torch.load(tmp_path / 'lean.pth', weights_only=True)) == {'params'}

@@ -10,6 +10,8 @@ import torch
 import yaml
 from pipeline_util import run_python as run
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1,
             'dec_blk_nums': [1, 1, 1], 'restormer_heads': [1, 2, 4], 'restormer_middle_heads': 8}

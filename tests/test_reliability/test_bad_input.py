@@ -9,6 +9,8 @@ from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset,
 
 from basicsr.models import build_model
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 
 def test_unknown_dataset_option_keys_list_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['gt_szie'\]; valid: .*'gt_size'"):

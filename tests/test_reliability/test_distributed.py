@@ -8,6 +8,8 @@ import pytest
 import yaml
 from pipeline_util import run_python, run_torchrun
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[2]
 # archs with buffers: DaAIR's EMA controllers; PromptDSANet's randomly initialised ResNet, whose BatchNorm statistics
 # train (and drift apart on the two ranks)

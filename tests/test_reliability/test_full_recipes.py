@@ -19,6 +19,8 @@ import torch
 import yaml
 from pipeline_util import run_torchrun
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_FILES = sorted(p.name for p in (REPO / 'options').glob('train_*.yml'))
 PRETRAINED = ('clip_pretrained', 'prompt_net_pretrained')

@@ -7,6 +7,8 @@ import torch
 import yaml
 from pipeline_util import run_python as run
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_DAAIR = {'type': 'DaAIR', 'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_dec_blocks': [1, 1, 1],
               'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2], 'rank_ratio': 4, 'expert_kernel_size': 3,

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from pipeline_util import run_python
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ('restore', 'compare', 'convert', 'recipe', 'table', 'gpu_check')
 
