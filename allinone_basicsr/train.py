@@ -17,7 +17,7 @@ which ``train_pipeline`` builds and keeps inside itself. The deviations, each co
 - the prefetchers start at ``reset()``, after the sampler knows its epoch and position (``data/prefetch.py``);
 - distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly;
 - the final validation is left out when the loop has just validated the same weights (``total_iter`` a multiple of
-  ``val.val_freq``, as in 7 of the shipped recipes); BasicSR runs the whole validation twice there.
+  ``val.val_freq``); BasicSR runs the whole validation twice there.
 
 Stock ``basicsr.train.train_pipeline`` with the plugin imported works too (minus exact mid-epoch resume).
 """

@@ -130,8 +130,8 @@ class DaLe(nn.Module):
 
         The 1×1 convolutions are batched matrix products over the channels-last (B, H·W, C) view, the LayerNorm
         takes each sample's affine, and the depthwise k×k convolution is one grouped convolution (groups = B·rank)
-        with each sample's kernels. Nothing depends on how many samples each expert gets: no host sync (the old
-        ``bincount().tolist()`` grouping waited for the device in every block), and the shapes, hence cuDNN's
+        with each sample's kernels. Nothing depends on how many samples each expert gets: no host sync (grouping the
+        samples by expert would read the group sizes back from the device in every block), and the shapes, hence cuDNN's
         autotuned algorithms, stay the same from batch to batch. Every expert's weights are in the graph (see
         :meth:`expert_weights`): DistributedDataParallel needs no unused-parameter search although a rank's batch
         often holds no sample of some class. Returns (B, rank, H, W), channels-last.
