@@ -232,7 +232,7 @@ def to_tensor(img):
     """HxWx3 uint8 RGB (any strides) -> 3xHxW float32 tensor in [0, 1]: ``float32(x) / 255`` in one pass, as BasicSR's
     ``img2tensor(img.astype(np.float32) / 255.)`` gives it (same values, same CHW view of an HWC array)."""
     if not img.flags.c_contiguous and img.transpose(1, 0, 2).flags.c_contiguous:  # augment's rot90: a transposed view
-        img = cv2.transpose(img.transpose(1, 0, 2))  # the same copy as numpy's transpose, done by OpenCV's faster kernel for 3 channels
+        img = cv2.transpose(img.transpose(1, 0, 2))  # numpy's transposed copy, by OpenCV's faster 3-channel kernel
     out = np.empty(img.shape, np.float32)
     np.divide(img, np.float32(255.), out=out)
     return torch.from_numpy(out.transpose(2, 0, 1))
