@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from allinone_basicsr.tools.common import InputNotFoundError, UsageError, build_network, read_metrics_csv, run
-from allinone_basicsr.utils.metric_table import format_value
+from allinone_basicsr.utils.metric_table import finite_mean, format_value
 from allinone_basicsr.utils.options import read_yaml
 
 PLOT_FORMATS = ('png', 'svg', 'pdf')
@@ -142,7 +142,7 @@ def average(name, values, sets, metric):
         elif value is not None and math.isnan(value):
             note += ' (a nan usually means the metric failed on this set: check the run\'s log)'
         notes.append(note)
-    return (sum(kept) / len(kept) if kept else None), len(kept), notes
+    return finite_mean(kept), len(kept), notes
 
 
 def _wrap(text, width):
