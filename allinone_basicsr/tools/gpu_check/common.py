@@ -10,11 +10,11 @@ from os import path as osp
 
 import numpy as np
 import torch
-import yaml
 
 from allinone_basicsr.data.degradations import add_gaussian_noise, noise_rng
 from allinone_basicsr.data.demo_set import make_images
 from allinone_basicsr.tools.common import UsageError
+from allinone_basicsr.utils.options import plain, read_yaml
 from allinone_basicsr.utils.smoke import smoke_network, without_pretrained
 
 from basicsr.models import build_model
@@ -89,8 +89,7 @@ def load_recipe(method):
     path = osp.join(REPO, 'options', RECIPES[method])
     if not osp.isfile(path):
         raise UsageError(f'the GPU check reads the recipes of a source checkout: {path} does not exist')
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return plain(read_yaml(path))
 
 
 def network_of(recipe, tiny):
