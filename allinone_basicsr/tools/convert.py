@@ -110,9 +110,10 @@ def network_options(arch=None, opt_file=None):
     return without_pretrained(network)
 
 
-def check_fits(dst, report, arch=None, opt_file=None):
-    """Build the network (``--opt`` / ``--arch``), load ``dst`` into it strictly and the CLIP file into its tower."""
-    network = network_options(arch, opt_file)
+def check_fits(dst, report, arch=None, opt_file=None, network=None):
+    """Build the network (``--opt`` / ``--arch``, or ``network`` as :func:`network_options` gave it), load ``dst``
+    into it strictly and the CLIP file into its tower."""
+    network = dict(network or network_options(arch, opt_file))
     if report['clip']:
         cls = ARCH_REGISTRY.get(network['type']) if network['type'] in ARCH_REGISTRY else None
         if not hasattr(cls, 'clip_tokenizer'):
@@ -148,6 +149,7 @@ def main(argv=None):
     if args.trust_pickle:
         print(f'convert: --trust-pickle: {args.src} is unpickled in full (it may run code). OUT holds weights only.',
               file=sys.stderr)
+    network = network_options(args.arch, args.opt) if args.arch or args.opt else None  # --opt read first
     if not os.path.isfile(args.src):
         raise InputNotFoundError(f'IN {args.src}: no such file')
     if os.path.isdir(args.dst):
@@ -172,7 +174,7 @@ def main(argv=None):
               f'tower ({counts["text"]} keys)')
     if args.arch or args.opt:
         try:
-            name = check_fits(args.dst, report, args.arch, args.opt)
+            name = check_fits(args.dst, report, network=network)
         except UsageError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, FileNotFoundError) as err:
