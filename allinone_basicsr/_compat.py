@@ -64,8 +64,9 @@ def _init_dist_pytorch(backend='nccl', **kwargs):
     dist.init_process_group(backend=_backend(backend), **kwargs)
 
 
-def _init_dist_slurm(backend='nccl', port=None):
-    """``basicsr.utils.dist_util._init_dist_slurm`` with ``_backend`` and no GPU arithmetic without GPUs."""
+def _init_dist_slurm(backend='nccl', port=None, timeout=None):
+    """``basicsr.utils.dist_util._init_dist_slurm`` with ``_backend`` and no GPU arithmetic without GPUs (BasicSR
+    passes ``dist_params`` here; its ``timeout`` is applied after the init, by ``utils.cli.parse_options``)."""
     import subprocess
 
     import torch.distributed as dist

@@ -16,6 +16,7 @@ which ``train_pipeline`` builds and keeps inside itself. The deviations, each co
   (``resume.load_resume_state`` / ``check_resume_data``);
 - the prefetchers start at ``reset()``, after the sampler knows its epoch and position (``data/prefetch.py``);
 - distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly;
+- distributed runs beat a heartbeat: a rank that stops answering stops every rank, named (``utils/heartbeat.py``);
 - the final validation is left out when the loop has just validated the same weights (``total_iter`` a multiple of
   ``val.val_freq``); BasicSR runs the whole validation twice there.
 
@@ -31,8 +32,9 @@ import torch
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
+from allinone_basicsr.utils import heartbeat
 from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
-from allinone_basicsr.utils.experiment import ExperimentLock, remove_temporaries
+from allinone_basicsr.utils.experiment import DEFAULT_LEASE, ExperimentLock, remove_temporaries
 from allinone_basicsr.utils.options import check_options
 from allinone_basicsr.utils.resume import check_resume_data, load_resume_state, resumable_loader
 
@@ -98,14 +100,22 @@ def train_pipeline(root_path, argv=None):
     ``root_path``."""
     opt, args = parse_options(root_path, True, argv)
     opt['root_path'] = root_path
-    notes = check_options(opt, is_train=True)  # types and values of every key, before anything runs
-    lock = ExperimentLock(root_path, opt['name'])  # one run per experiment name (rank 0 holds it)
-    if opt['rank'] == 0:
-        lock.acquire()
+    beat = heartbeat.start_heartbeat(opt)  # distributed: a silent rank stops every rank, named (utils/heartbeat.py)
     try:
-        _train(opt, args, root_path, notes)
-    finally:
-        lock.release()
+        notes = check_options(opt, is_train=True)  # types and values of every key, before anything runs
+        lock = ExperimentLock(root_path, opt['name'], lease=opt.get('lock_lease', DEFAULT_LEASE))  # rank 0 holds it
+        if opt['rank'] == 0:
+            notes = list(notes) + lock.acquire().notices  # a lock taken over: logged once the log file exists
+        try:
+            _train(opt, args, root_path, notes)
+        finally:
+            lock.release()
+    except BaseException as error:
+        if beat is not None:
+            beat.fail(error)  # the other ranks stop now, naming this one; the log lists every rank's progress
+        raise
+    if beat is not None:
+        beat.stop()
 
 
 def configure_determinism(opt):
@@ -140,7 +150,7 @@ def _train(opt, args, root_path, notes=()):
                     f'on {device}.')
     if opt.get('deterministic'):
         logger.info('Deterministic: cuDNN autotuning off, deterministic algorithms on (an op without one warns).')
-    for note in notes:  # numbers YAML read as strings (2e-3), converted
+    for note in notes:  # numbers YAML read as strings (2e-3), converted; a stale experiment lock taken over
         logger.warning(note)
     if opt['rank'] == 0:
         for path in remove_temporaries(opt['path']['experiments_root']):
@@ -182,6 +192,7 @@ def _train(opt, args, root_path, notes=()):
         while train_data is not None and current_iter < total_iters:
             data_timer.record()
             current_iter += 1
+            heartbeat.mark(current_iter)  # sent with the next beat (no device access)
             model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
             model.feed_data(train_data)
             model.optimize_parameters(current_iter)

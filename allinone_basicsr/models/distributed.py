@@ -14,9 +14,14 @@ waiting ranks never join. And one rank running the whole test sets can outlast N
 
 The numbers equal a single-process validation of rank 0's weights (tested), and the other ranks wait only for the
 slowest share, not for the whole validation.
+
+So a collective in validation waits only for the slowest share, well inside ``dist_params.timeout``; the heartbeat
+(``utils/heartbeat.py``) beats from a thread meanwhile, and reports the set being validated as the rank's progress.
 """
 import torch
 from torch.utils.data import DataLoader, Subset
+
+from allinone_basicsr.utils import heartbeat
 
 
 def _grad_with_strides_of(param):
@@ -53,6 +58,7 @@ def broadcast_buffers(net):
 
 def shard(dataloader, rank, world_size):
     """The indices of the images this rank scores (``rank, rank + world_size, ...``) and a loader over them."""
+    heartbeat.mark(f"validation of {getattr(dataloader.dataset, 'opt', {}).get('name', '?')}")  # the rank's progress
     if world_size == 1:
         return range(len(dataloader)), dataloader
     indices = range(rank, len(dataloader.dataset), world_size)

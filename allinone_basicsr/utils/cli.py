@@ -53,7 +53,12 @@ def _arguments(argv):
 
 def parse_options(root_path, is_train, argv=None):
     """BasicSR's ``parse_options`` (options, args) of the arguments ``argv`` (default: this process's command line).
-    BasicSR's parser reads ``sys.argv`` only, so an explicit ``argv`` stands in for it while it parses."""
+    BasicSR's parser reads ``sys.argv`` only, so an explicit ``argv`` stands in for it while it parses. A distributed
+    run's collectives time out after ``dist_params.timeout`` (``heartbeat.set_collective_timeout``)."""
     from basicsr.utils.options import parse_options as basicsr_parse_options
     with _arguments(argv):
-        return basicsr_parse_options(root_path, is_train=is_train)
+        opt, args = basicsr_parse_options(root_path, is_train=is_train)
+    if opt['dist']:
+        from allinone_basicsr.utils.heartbeat import set_collective_timeout
+        set_collective_timeout(opt)
+    return opt, args

@@ -166,6 +166,10 @@ def _check_top(top):
     top.check('scale', to_int, minimum=1)
     top.check('find_unused_parameters', to_bool)
     top.check('deterministic', to_bool)
+    top.check('lock_lease', to_number, above=0)  # seconds (utils/experiment.py)
+    dist_params = top.section('dist_params')
+    if dist_params is not None:
+        dist_params.check('timeout', to_number, above=0)  # seconds (utils/heartbeat.py)
 
 
 def _num_gpu(opt):

@@ -1,12 +1,20 @@
 """Two CPU processes (torchrun, gloo chosen automatically without CUDA): distributed validation (images shared between
-the ranks, scores gathered) equals a single-process test of the same weights. (test_full_recipes.py runs every full
-recipe on two ranks.)"""
+the ranks, scores gathered) equals a single-process test of the same weights; a stopped rank stops every rank within
+dist_params.timeout, named; two torchrun agents (two nodes on localhost) train, validate, are killed and resume
+bit-exactly. (test_full_recipes.py runs every full recipe on two ranks.)"""
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from pipeline_util import run_python, run_torchrun
+
+from allinone_basicsr.utils.processes import free_port
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses, training runs (make test-fast leaves it out)
 
@@ -82,3 +90,104 @@ def test_distributed_validation_equals_single_process_test(workdir, method):
     assert distributed.keys() == single.keys() and len(single) == 6  # 5 sets + the average
     for test_set, row in single.items():
         assert row == distributed[test_set], test_set  # every column, as written (full precision)
+
+
+def tiny_run(name, total_iter, **train):
+    """The DaAIR demo file with the tiny DaAIR, ``total_iter`` iterations, no validation during training unless
+    ``val_freq`` is given."""
+    opt = load(REPO / 'options' / 'demo' / 'train_daair_demo.yml')
+    opt.update(name=name, network_g=dict(TINY['daair']), manual_seed=3)
+    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0, persistent_workers=False,
+                                    dataset_enlarge_ratio=1)
+    opt['train'].update(total_iter=total_iter, ema_decay=0.5)
+    opt['train']['scheduler'] = {'type': 'CosineAnnealingRestartLR', 'periods': [total_iter], 'restart_weights': [1],
+                                 'eta_min': 1e-6}
+    opt['val'].update(val_freq=train.pop('val_freq', total_iter * 10), pbar=False)
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=train.pop('save_checkpoint_freq', total_iter * 10),
+                         use_tb_logger=False)
+    opt.update(train)
+    return opt
+
+
+def children(pid):
+    """{global rank: pid} of the processes whose parent is ``pid`` (torchrun's workers; RANK from their
+    environment)."""
+    found = {}
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f'/proc/{entry}/environ', 'rb') as f:
+                env = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)
+            found[int(env[b'RANK'])] = int(entry)
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    return found
+
+
+def torchrun_cmd(args, nnodes=1, node_rank=0, port=None, nproc=2):
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nnodes={nnodes}', f'--nproc_per_node={nproc}',
+            f'--node_rank={node_rank}', '--rdzv_backend=static', '--master_addr=127.0.0.1',
+            f'--master_port={port or free_port()}'] + list(args)
+
+
+def start(cmd, cwd, output):
+    """``cmd`` in its own session (so that the whole group can be killed), its output into the file ``output``."""
+    with open(output, 'w') as out:
+        return subprocess.Popen(cmd, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def wait_for(condition, what, timeout, procs=()):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f'timed out waiting for {what}'
+        assert all(p.poll() is None for p in procs), f'a run ended while waiting for {what}'
+        time.sleep(0.1)
+
+
+def log_text(workdir, name):
+    return ''.join(p.read_text() for p in (workdir / 'experiments' / name).glob('train_*.log'))
+
+
+def test_a_stopped_rank_stops_every_rank_within_the_timeout_naming_it(workdir, tmp_path):
+    """Rank 1 is SIGSTOPped while training (dist_params.timeout: 20 s): rank 0 exits within the bound naming rank 1
+    (stderr and the log), torchrun then ends rank 1, and the run fails. Before: rank 0 waited in the gradient
+    all-reduce for gloo's 30 minutes without a word (this test's bound caught it)."""
+    name = 'ddp_sigstop'
+    opt = tiny_run(name, 100000, dist_params={'timeout': 20})
+    dump(opt, workdir / f'{name}.yml')
+    proc = start(torchrun_cmd(['-m', 'allinone_basicsr.train', '-opt', f'{name}.yml', '--launcher', 'pytorch']),
+                 workdir, tmp_path / 'out.txt')
+    ranks = {}
+    try:
+        wait_for(lambda: log_text(workdir, name).count(', iter:') >= 3, 'training to start', 300, [proc])
+        ranks = children(proc.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGSTOP)
+        stopped = time.time()
+        # 20 s of silence, the beat and check lag (2 s each), then torchrun's 30 s grace before it SIGKILLs the
+        # stopped rank; the bound is generous for a loaded machine, far below gloo's 30 minutes
+        try:
+            code = proc.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f'the run still waits {time.time() - stopped:.0f} s after rank 1 stopped (no timeout)')
+        output = (tmp_path / 'out.txt').read_text()
+        assert code != 0
+        assert 'Distributed run stopped by rank 0' in output and 'rank 1 (host:pid' in output, output[-3000:]
+        assert f':{ranks[1]}, last at ' in output and 'has not answered for 2' in output
+        assert 'rank 1 (host:pid' in log_text(workdir, name)  # rank 0 writes the experiment log
+        for pid in ranks.values():  # every rank has ended
+            assert not os.path.exists(f'/proc/{pid}') or open(f'/proc/{pid}/stat').read().split()[2] == 'Z'
+    finally:
+        if 1 in ranks and os.path.exists(f'/proc/{ranks[1]}'):
+            os.kill(ranks[1], signal.SIGKILL)
+        kill_group(proc)
