@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pipeline_util import run_python, run_torchrun
 
@@ -180,6 +181,7 @@ def test_a_stopped_rank_stops_every_rank_within_the_timeout_naming_it(workdir, t
             code = proc.wait(timeout=150)
         except subprocess.TimeoutExpired:
             pytest.fail(f'the run still waits {time.time() - stopped:.0f} s after rank 1 stopped (no timeout)')
+        print(f'the run ended {time.time() - stopped:.0f} s after rank 1 was stopped')  # measured (pytest -s)
         output = (tmp_path / 'out.txt').read_text()
         assert code != 0
         assert 'Distributed run stopped by rank 0' in output and 'rank 1 (host:pid' in output, output[-3000:]
@@ -191,3 +193,63 @@ def test_a_stopped_rank_stops_every_rank_within_the_timeout_naming_it(workdir, t
         if 1 in ranks and os.path.exists(f'/proc/{ranks[1]}'):
             os.kill(ranks[1], signal.SIGKILL)
         kill_group(proc)
+
+
+def test_two_nodes_train_validate_are_killed_and_resume_bit_exactly(workdir, tmp_path):
+    """Two torchrun agents (--nnodes=2, one process each, static rendezvous on localhost) as two nodes: a run killed
+    (SIGKILL, both agents) after its validation at iteration 8 and its state at 12, then resumed with --auto_resume
+    as a requeued job (its lock, held by global rank 0, rewritten as from another node with an expired heartbeat),
+    ends with the weights and the final validation of the run left alone, bit for bit. While the run lives, its lock
+    is refreshed (heartbeat)."""
+    total = 24
+
+    def agents(name, resume, tag):
+        dump(tiny_run(name, total, val_freq=8, save_checkpoint_freq=4, lock_lease=10), workdir / f'{name}.yml')
+        args = ['-m', 'allinone_basicsr.train', '-opt', f'{name}.yml', '--launcher', 'pytorch']
+        port = free_port()
+        return [start(torchrun_cmd(args + (['--auto_resume'] if resume else []), nnodes=2, node_rank=node, port=port,
+                                   nproc=1), workdir, tmp_path / f'{tag}_node{node}.txt') for node in (0, 1)]
+
+    def finish(procs, tag):
+        try:
+            codes = [p.wait(timeout=600) for p in procs]
+        finally:
+            for p in procs:
+                kill_group(p)
+        outputs = [(tmp_path / f'{tag}_node{node}.txt').read_text()[-3000:] for node in (0, 1)]
+        assert codes == [0, 0], outputs
+
+    finish(agents('twonode_ref', False, 'ref'), 'ref')
+
+    name, exp = 'twonode', workdir / 'experiments' / 'twonode'
+    lock = workdir / 'experiments' / '.twonode.lock'
+    procs = agents(name, False, 'killed')
+    try:
+        wait_for(lambda: lock.exists() and ', iter:' in log_text(workdir, name), 'training to start', 300, procs)
+        rank0 = children(procs[0].pid)[0]  # node 0's worker is global rank 0, which holds the lock
+        assert f'pid={rank0}\n' in lock.read_text()
+        old = time.time() - 1000
+        os.utime(lock, (old, old))
+        wait_for(lambda: lock.stat().st_mtime > time.time() - 100, 'the lock heartbeat', 60, procs)
+        wait_for(lambda: (exp / 'training_states' / '12.state').exists(), 'the state of iteration 12', 300, procs)
+    finally:
+        for p in procs:
+            kill_group(p)
+    assert not (exp / 'models' / 'net_g_latest.pth').exists(), 'the run ended before the kill'
+    assert 'Results of' in log_text(workdir, name)  # validated at iteration 8 before the kill
+    # requeued on another node: the dead run's lock (host and heartbeat) is from elsewhere and older than its lease
+    lock.write_text(lock.read_text().replace(f'host={os.uname().nodename}', 'host=preempted-node'))
+    os.utime(lock, (old, old))
+    procs = agents(name, True, 'resumed')
+    finish(procs, 'resumed')
+    log = log_text(workdir, name)
+    assert 'lock of pid' in log and 'on preempted-node' in log and 'longer than its lease (10 s)' in log
+    assert 'Resuming training from epoch' in log and not lock.exists()
+    for key in ('params', 'params_ema'):
+        ref = torch.load(workdir / 'experiments' / 'twonode_ref' / 'models' / 'net_g_latest.pth', weights_only=True)
+        resumed = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+        assert ref[key].keys() == resumed[key].keys()
+        for tensor in ref[key]:
+            assert torch.equal(ref[key][tensor], resumed[key][tensor]), f'{key}.{tensor} differs'
+    final = read_table(exp / 'metrics.csv')  # the last row of each set: the validation at iteration 24
+    assert final == read_table(workdir / 'experiments' / 'twonode_ref' / 'metrics.csv') and len(final) == 6

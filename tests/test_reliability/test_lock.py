@@ -100,3 +100,9 @@ def test_a_requeued_run_takes_over_a_stale_lock_from_another_host_and_logs_it(tm
                      r"6\d\d s, longer than its lease \(300 s\)", log), log[-3000:]
     assert 'taking the lock over' in proc.stderr
     assert not lock.exists()  # released at the end
+    # the same for a killed run's lock on this host (its pid gone): the notice reaches the log, warnings ignored
+    opt_file = write(tmp_path, 'killed', options('killed', 2))
+    dead = run(['-c', 'import os; print(os.getpid())'], tmp_path).stdout.strip()
+    (tmp_path / 'experiments' / '.killed.lock').write_text(f'pid={dead}\nhost={os.uname().nodename}\nstart=1\n')
+    run(['-m', 'allinone_basicsr.train', '-opt', opt_file], tmp_path, timeout=600)
+    assert f"WARNING: experiment 'killed': stale lock of pid {dead}" in log_of(tmp_path, 'killed')
