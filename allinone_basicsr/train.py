@@ -111,11 +111,12 @@ def train_pipeline(root_path, argv=None):
         finally:
             lock.release()
     except BaseException as error:
-        if beat is not None:
+        if beat is not None and not (isinstance(error, SystemExit) and not error.code):
             beat.fail(error)  # the other ranks stop now, naming this one; the log lists every rank's progress
         raise
-    if beat is not None:
-        beat.stop()
+    finally:
+        if beat is not None:
+            beat.stop()  # a normal end (after fail(): nothing more)
 
 
 def configure_determinism(opt):

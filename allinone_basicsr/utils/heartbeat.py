@@ -180,6 +180,8 @@ class Heartbeat:
 
     def _end(self, state):
         global _current
+        if self.state != 'alive':
+            return  # ended already
         self.state = state
         self._stopped.set()
         try:
