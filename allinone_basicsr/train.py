@@ -12,8 +12,10 @@ which ``train_pipeline`` builds and keeps inside itself. The deviations, each co
 - the train loader is built around ``resume.ResumableSampler`` / ``SeededDataset`` (every sample its own seed),
   so a run resumed from the state of iteration k continues with the batches, crops and noise of the
   uninterrupted run (on CPU: the same weights bit for bit); BasicSR restarts the epoch instead;
-- resume loads onto the CPU, falls back past unreadable states and refuses a changed batch or data
-  (``resume.load_resume_state`` / ``check_resume_data``);
+- the schedule is checked against ``total_iter`` before anything runs (``optimization.check_schedule``);
+- resume loads onto the CPU, falls back past unreadable states, keeps the seed drawn for ``manual_seed: null``,
+  refuses a changed batch, seed or data (``resume.load_resume_state`` / ``resume_seed`` / ``check_resume_data``)
+  and applies changed optimizer settings (``optimization.resume_with_changed_settings``);
 - the prefetchers start at ``reset()``, after the sampler knows its epoch and position (``data/prefetch.py``);
 - distributed runs check at the end that every rank holds the same weights, and leave the process group cleanly;
 - distributed runs beat a heartbeat: a rank that stops answering stops every rank, named (``utils/heartbeat.py``);
@@ -32,11 +34,13 @@ import torch
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
+from allinone_basicsr.models.optimization import check_schedule
 from allinone_basicsr.utils import heartbeat
 from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
 from allinone_basicsr.utils.experiment import DEFAULT_LEASE, ExperimentLock, remove_temporaries
 from allinone_basicsr.utils.options import check_options
-from allinone_basicsr.utils.resume import check_resume_data, load_resume_state, resumable_loader
+from allinone_basicsr.utils.resume import (check_resume_data, load_resume_state, resumable_loader, resume_seed,
+                                           run_record)
 
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
@@ -133,7 +137,9 @@ def configure_determinism(opt):
 
 def _train(opt, args, root_path, notes=()):
     configure_determinism(opt)
-    resume_state = load_resume_state(opt)
+    schedule = check_schedule(opt['train'])  # deviation: a schedule that would fail is refused before the first step
+    notices = []  # logged once the log file exists
+    resume_state = load_resume_state(opt, notices)
     if resume_state is None:
         make_exp_dirs(opt)
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
@@ -141,6 +147,12 @@ def _train(opt, args, root_path, notes=()):
     copy_opt_file(args.opt, opt['path']['experiments_root'])
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    for notice in notices:
+        logger.warning(notice)
+    if resume_state:  # manual_seed: null: the seed the run drew at its start, before loaders and model are built
+        seed_notice = resume_seed(opt, resume_state, getattr(args, 'seed_drawn', False))
+        if seed_notice:
+            logger.info(seed_notice)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)
@@ -151,7 +163,7 @@ def _train(opt, args, root_path, notes=()):
                     f'on {device}.')
     if opt.get('deterministic'):
         logger.info('Deterministic: cuDNN autotuning off, deterministic algorithms on (an op without one warns).')
-    for note in notes:  # numbers YAML read as strings (2e-3), converted; a stale experiment lock taken over
+    for note in list(notes) + schedule.notes:  # numbers read as strings (2e-3); schedule misfits; a lock taken over
         logger.warning(note)
     if opt['rank'] == 0:
         for path in remove_temporaries(opt['path']['experiments_root']):
@@ -168,12 +180,11 @@ def _train(opt, args, root_path, notes=()):
                          f'({batch_size}): raise dataset_enlarge_ratio or lower batch_size_per_gpu')
 
     model = build_model(opt)
-    model.run_info = {'batch_size': batch_size, 'world_size': opt['world_size'], 'samples': len(train_loader.dataset),
-                      'dataset_enlarge_ratio': opt['datasets']['train'].get('dataset_enlarge_ratio', 1)}
+    model.run_info = run_record(opt, batch_size, len(train_loader.dataset))  # batch, seed and data of the position
     epoch, current_iter = 0, 0
     if resume_state:
-        check_resume_data(resume_state.get('run'), model.run_info, opt, logger)  # same batch and data, or refuse
-        model.resume_training(resume_state)  # optimizers, schedulers, RNG states
+        check_resume_data(resume_state.get('run'), model.run_info, opt, logger)  # same batch, seed, data, or refuse
+        model.resume_training(resume_state)  # optimizers (changed settings applied), schedulers, RNG states
         epoch, current_iter = resume_state['epoch'], resume_state['iter']
         sampler.skip = min(sampler.num_samples, max(0, current_iter - epoch * iters_per_epoch) * batch_size)
         logger.info(f'Resuming training from epoch: {epoch}, iter: {current_iter}. '

@@ -84,6 +84,25 @@ def test_chainable_scheduler_after_basicsr_warmup_has_no_closed_form():
     assert curve.at(5) == pytest.approx(5e-4) and curve.at(10) is None and curve.at(30) is None
 
 
+def test_train_and_recipe_share_one_schedule_check():
+    """check_schedule: past the end of the periods is an error for both (BasicSR fails there); periods ending after
+    total_iter, or a warm-up as long as the run, are notes for train and errors for the recipe (strict)."""
+    from allinone_basicsr.models.optimization import ScheduleError, check_schedule
+    train_opt = {'optim_g': {'type': 'AdamW', 'lr': 2e-4}, 'total_iter': 10,
+                 'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [4, 4], 'restart_weights': [1, 0.5]}}
+    for strict in (False, True):
+        with pytest.raises(ScheduleError, match=r'^train.total_iter: 10 is beyond the end of train.scheduler.periods '
+                           r'\[4, 4\] \(sum 8\)' if not strict else r'^train.scheduler.periods: \[4, 4\] sum to 8'):
+            check_schedule(train_opt, strict=strict)
+    longer = dict(train_opt, total_iter=6, warmup_iter=6)
+    notes = check_schedule(longer).notes
+    assert any(n.startswith('train.scheduler.periods: [4, 4] sum to 8, but train.total_iter is 6') for n in notes)
+    assert any(n.startswith('train.warmup_iter: the warm-up (6 iterations) must be shorter') for n in notes)
+    with pytest.raises(ScheduleError, match='^train.scheduler.periods'):
+        check_schedule(longer, strict=True)
+    assert check_schedule(dict(train_opt, total_iter=8)).notes == []
+
+
 def test_learning_rates_of_the_shipped_recipes(tmp_path):
     promptir = report('train_promptir.yml', tmp_path)
     assert promptir.lr_start == 0 and promptir.lr_warmup_end == pytest.approx(2e-4, rel=1e-12)

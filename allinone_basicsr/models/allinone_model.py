@@ -21,7 +21,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from .distributed import broadcast_buffers, gather_scores, match_gradient_strides, shard
 from .loss_guard import DeferredLog, NonFiniteGuard, check_labels
-from .optimization import optimizer_class, resume_with_changed_schedule, scheduler_class
+from .optimization import optimizer_class, resume_with_changed_settings, scheduler_class
 from .precision import EvalPrecision, TrainPrecision, without_cudnn_autotuning
 
 
@@ -184,9 +184,9 @@ class AllInOneModel(SRModel):
             atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
-        """Optimizers and schedulers (BasicSR's, or continuing a schedule the option file changed), plus the RNG
-        states, GradScaler and non-finite streak saved with them (``resume.py``)."""
-        if not resume_with_changed_schedule(self, resume_state):
+        """Optimizers and schedulers (BasicSR's, or continuing under the schedule / optimizer settings the option file
+        changed, logged), plus the RNG states, GradScaler and non-finite streak saved with them (``resume.py``)."""
+        if not resume_with_changed_settings(self, resume_state):
             super().resume_training(resume_state)
         if 'rng' in resume_state:
             restore_rng_states(resume_state['rng'], self.opt)

@@ -1,8 +1,10 @@
 """Optimizers and learning-rate schedules: lookup by the names the option files give (``train.optim_g.type``,
-``train.scheduler.type``), the closed form of every schedule (:class:`LearningRateCurve`), and the resume of a run
-whose option file changed its schedule. Used by ``AllInOneModel`` and the recipe report, so both accept exactly the
-same names and compute the same learning rates."""
+``train.scheduler.type``), the closed form of every schedule (:class:`LearningRateCurve`), the schedule's check against
+``train.total_iter`` (:func:`check_schedule`), and the resume of a run whose option file changed its schedule or
+optimizer settings. Used by ``AllInOneModel``, ``train`` and the recipe report, so all accept exactly the same names,
+compute the same learning rates and refuse the same schedules."""
 from copy import deepcopy
+from dataclasses import dataclass, field
 
 import torch
 
@@ -113,6 +115,87 @@ class LearningRateCurve:
         return self.scheduled(iteration - 1)
 
 
+class ScheduleError(ValueError):
+    """A schedule that does not fit ``train.total_iter``: the message starts with the option key."""
+
+
+@dataclass
+class Schedule:
+    """A training schedule checked against ``train.total_iter`` (:func:`check_schedule`): its closed form, the warm-up
+    and the end of the annealing in iterations (with the option keys that set them), and the notes on what trains but
+    does not fit (logged by ``train``; errors in the recipe report)."""
+    curve: LearningRateCurve
+    total_iter: int
+    warmup: int
+    warmup_key: str
+    end: int
+    end_key: str
+    notes: list = field(default_factory=list)
+
+
+def check_schedule(train_opt, strict=False):
+    """The schedule of ``train_opt`` (an option file's ``train``) checked against ``train.total_iter``.
+
+    Always errors (``ScheduleError``, naming the keys and values): an optimizer or scheduler that cannot be built
+    (restart weights not one per period, ...), LinearWarmupCosineLR without ``warmup_iter < max_iter``, and a
+    ``total_iter`` past the end of CosineAnnealingRestartLR's ``periods`` (BasicSR steps the scheduler
+    ``total_iter - 1`` times and fails after the last period with ``TypeError: list indices must be integers``).
+    A schedule that trains but does not end where training does (periods summing to more than ``total_iter``, a
+    warm-up as long as the run) is a note, or an error with ``strict`` (the recipe report). Used by ``train`` before
+    the first step, fresh or resumed, and by ``tools/recipe.py``.
+    """
+    if train_opt.get('total_iter') is None:
+        raise ScheduleError('train.total_iter: missing')
+    total = int(train_opt['total_iter'])
+    sched = train_opt.get('scheduler') or {}
+    if sched.get('type') == 'LinearWarmupCosineLR':
+        for key in ('warmup_iter', 'max_iter'):
+            if key not in sched:
+                raise ScheduleError(f'train.scheduler.{key}: missing (LinearWarmupCosineLR)')
+        if not 0 <= sched['warmup_iter'] < sched['max_iter']:
+            raise ScheduleError(f"train.scheduler.warmup_iter: {sched['warmup_iter']:,} must be below "
+                                f"train.scheduler.max_iter {sched['max_iter']:,} (and >= 0)")
+    try:
+        curve = LearningRateCurve(train_opt)
+    except ValueError as err:
+        raise ScheduleError(str(err)) from None
+    args, notes = curve.scheduler_args, []
+
+    def misfit(message):
+        if strict:
+            raise ScheduleError(message)
+        notes.append(message)
+
+    warmup, warmup_key, end, end_key = 0, None, None, None
+    if curve.scheduler_type == 'LinearWarmupCosineLR':
+        warmup, warmup_key = int(args['warmup_iter']), 'train.scheduler.warmup_iter'
+        end, end_key = int(args['max_iter']), 'train.scheduler.max_iter'
+        if end < total:
+            notes.append(f'the cosine reaches eta_min at iteration {end:,}; the last {total - end:,} iterations stay '
+                         'there')
+    elif curve.scheduler_type == 'CosineAnnealingRestartLR':
+        end, end_key = int(sum(args['periods'])), 'train.scheduler.periods'
+        misfit_message = (f"train.scheduler.periods: {list(args['periods'])} sum to {end:,}, but train.total_iter is "
+                          f"{total:,}: BasicSR's CosineAnnealingRestartLR must end where training does")
+        if end != total and strict:
+            raise ScheduleError(misfit_message)
+        if total - 1 > end:
+            raise ScheduleError(f"train.total_iter: {total:,} is beyond the end of train.scheduler.periods "
+                                f"{list(args['periods'])} (sum {end:,}): BasicSR's CosineAnnealingRestartLR has no "
+                                f'learning rate after its last period and fails there (TypeError) before '
+                                f'net_g_latest and the final validation; lengthen the periods to sum to {total:,} or '
+                                f'lower train.total_iter')
+        if end != total:
+            notes.append(misfit_message)
+    elif curve.scheduler_type == 'CosineAnnealingLR':
+        end, end_key = int(args['T_max']), 'train.scheduler.T_max'
+    if curve.basicsr_warmup > 0 and curve.basicsr_warmup > warmup:
+        warmup, warmup_key = curve.basicsr_warmup, 'train.warmup_iter'
+    if warmup_key and warmup >= total:
+        misfit(f'{warmup_key}: the warm-up ({warmup:,} iterations) must be shorter than train.total_iter ({total:,})')
+    return Schedule(curve, total, warmup, warmup_key, end, end_key, notes)
+
+
 def schedule_changes(saved, train_opt):
     """What differs between a state's saved schedule (its ``run`` record) and the option file's ``train`` (empty
     for states without the record)."""
@@ -121,10 +204,38 @@ def schedule_changes(saved, train_opt):
     changes = []
     if saved.get('total_iter') != train_opt['total_iter']:
         changes.append(f'train.total_iter {saved.get("total_iter")} -> {train_opt["total_iter"]}')
+    if 'warmup_iter' in saved and saved['warmup_iter'] != train_opt.get('warmup_iter', -1):
+        changes.append(f'train.warmup_iter {saved["warmup_iter"]} -> {train_opt.get("warmup_iter", -1)}')
     old, new = dict(saved['scheduler']), dict(train_opt['scheduler'])
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             changes.append(f'train.scheduler.{key} {old.get(key)} -> {new.get(key)}')
+    return changes
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def optimizer_changes(saved_run, saved_optimizer, optimizer):
+    """What differs between a state's optimizer (its ``run`` record's type; its saved param groups' hyperparameters,
+    base learning rate included) and ``optimizer``, freshly built from the option file: ``[(key, old, new)]``.
+    A changed type is an error (its saved state fits no other optimizer)."""
+    old_type = (saved_run.get('optim_g') or {}).get('type')
+    if old_type is not None and old_type != type(optimizer).__name__:
+        raise ValueError(f'train.optim_g.type: {old_type} -> {type(optimizer).__name__}: the training state holds '
+                         f'the state of {old_type}, which does not fit {type(optimizer).__name__}; keep the type, or '
+                         'start a new run from the weights (path.pretrain_network_g)')
+    changes = []
+    for old_group, group in zip(saved_optimizer['param_groups'], optimizer.param_groups):
+        for key, new in group.items():
+            if key in ('params', 'lr') or key not in old_group:
+                continue
+            old = _plain(old_group[key])
+            if old != _plain(new):
+                name = 'lr' if key == 'initial_lr' else key
+                if (name, old, _plain(new)) not in changes:
+                    changes.append((name, old, _plain(new)))
     return changes
 
 
@@ -135,28 +246,43 @@ def position_scheduler(scheduler, step, train_opt):
     curve = LearningRateCurve({'optim_g': optim_opt, 'scheduler': train_opt['scheduler']})
     lr = curve.scheduled(step)
     if lr is None:
-        raise ValueError(f'train.scheduler.type {curve.scheduler_type}: the schedule changed since the state was '
-                         'saved and this scheduler has no closed form to continue from; keep its settings')
+        raise ValueError(f'train.scheduler.type {curve.scheduler_type}: the schedule or the optimizer changed since '
+                         'the state was saved and this scheduler has no closed form to continue from; keep their '
+                         'settings')
     scheduler.last_epoch = step
+    scheduler.base_lrs = [group['initial_lr'] for group in scheduler.optimizer.param_groups]
     for group in scheduler.optimizer.param_groups:
         group['lr'] = lr / curve.base_lr * group['initial_lr']
     scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
 
 
-def resume_with_changed_schedule(model, state):
-    """When the option file changed the schedule since ``state`` was saved (``train.total_iter`` raised, new
-    ``scheduler`` settings such as ``periods``): load the optimizers and set the schedulers to the saved step with the
-    learning rate the new schedule gives there (BasicSR would restore the old schedule and fail past its end), log
-    what changed and return True. False (nothing done) when the schedule is unchanged."""
-    changes = schedule_changes(state.get('run') or {}, model.opt['train'])
-    if not changes:
+def resume_with_changed_settings(model, state):
+    """Resume the optimizers and schedulers of ``state`` under the option file's settings when they changed since
+    it was saved: a schedule (``train.total_iter`` raised, ``warmup_iter``, new ``scheduler`` settings such as
+    ``periods``) or optimizer hyperparameters (``optim_g.lr``, ``betas``, ``weight_decay``, ...). The optimizers'
+    saved state (moments, step counts) is loaded, the option file's hyperparameters are put back into their param
+    groups, and the schedulers are set to the saved step with the learning rate the option file's schedule and base
+    learning rate give there (BasicSR would keep the old settings silently, or fail past the old schedule's end).
+    Logs every change and returns True; False (nothing done) when nothing changed. A changed ``optim_g.type`` is
+    an error."""
+    saved_run = state.get('run') or {}
+    optim = []
+    for optimizer, optimizer_state in zip(model.optimizers, state['optimizers']):
+        optim += [c for c in optimizer_changes(saved_run, optimizer_state, optimizer) if c not in optim]
+    changes = schedule_changes(saved_run, model.opt['train'])
+    if not changes and not optim:
         return False
     for optimizer, optimizer_state in zip(model.optimizers, state['optimizers']):
+        settings = [{k: v for k, v in group.items() if k not in ('params', 'lr')} for group in optimizer.param_groups]
         optimizer.load_state_dict(optimizer_state)
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
     step = state['schedulers'][0]['last_epoch']
     for scheduler in model.schedulers:
         position_scheduler(scheduler, step, model.opt['train'])
-    get_root_logger().info(f'Resuming with a changed schedule ({"; ".join(changes)}): the schedule continues from '
+    what = ' and '.join(w for w, c in (('schedule', changes), ('optimizer', optim)) if c)
+    listed = changes + [f'train.optim_g.{key} {old} -> {new}' for key, old, new in optim]
+    get_root_logger().info(f'Resuming with a changed {what} ({"; ".join(listed)}): the schedule continues from '
                            f'step {step} as the option file now gives it (learning rate '
                            f'{model.get_current_learning_rate()[0]:.4g}).')
     return True

@@ -23,7 +23,7 @@ from os import path as osp
 
 from allinone_basicsr.archs.arch_util import missing_task_logits
 from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
-from allinone_basicsr.models.optimization import LearningRateCurve
+from allinone_basicsr.models.optimization import LearningRateCurve, check_schedule  # noqa: F401 (re-exported)
 from allinone_basicsr.tools.common import run
 from allinone_basicsr.tools.protocols import load_protocols, network_options, protocol_mismatches
 from allinone_basicsr.tools.recipe_format import format_report, report_dict
@@ -256,28 +256,6 @@ def _losses(train_opt):
     return losses
 
 
-def _schedule_lengths(curve, total_iter):
-    """(warm-up iterations, its option key, cosine end iterations, its key); checks them against ``total_iter``."""
-    args = curve.scheduler_args
-    warmup, warmup_key, end, end_key = 0, None, None, None
-    if curve.scheduler_type == 'LinearWarmupCosineLR':
-        warmup, warmup_key = int(args['warmup_iter']), 'train.scheduler.warmup_iter'
-        end, end_key = int(args['max_iter']), 'train.scheduler.max_iter'
-    elif curve.scheduler_type == 'CosineAnnealingRestartLR':
-        end, end_key = int(sum(args['periods'])), 'train.scheduler.periods'
-        if end != total_iter:
-            raise RecipeError(f"train.scheduler.periods: {list(args['periods'])} sum to {end:,}, but train.total_iter "
-                              f'is {total_iter:,}: BasicSR\'s CosineAnnealingRestartLR must end where training does')
-    elif curve.scheduler_type == 'CosineAnnealingLR':
-        end, end_key = int(args['T_max']), 'train.scheduler.T_max'
-    if curve.basicsr_warmup > 0 and curve.basicsr_warmup > warmup:
-        warmup, warmup_key = curve.basicsr_warmup, 'train.warmup_iter'
-    if warmup_key and warmup >= total_iter:
-        raise RecipeError(f'{warmup_key}: the warm-up ({warmup:,} iterations) must be shorter than train.total_iter '
-                          f'({total_iter:,})')
-    return warmup, warmup_key, end, end_key
-
-
 def _training_tasks(train_set, root):
     """(degradation classes, [TaskSamples]) of ``datasets.train``; checks every task's class and every class."""
     where = 'datasets.train'
@@ -359,26 +337,18 @@ def recipe_report(option_file, world_size=None, root=None, opt=None):
     if train_opt.get('total_iter') is None:
         raise RecipeError('train.total_iter: missing')
     total = _int_option(train_opt['total_iter'], 'train.total_iter')
-    sched = train_opt.get('scheduler') or {}
-    if sched.get('type') == 'LinearWarmupCosineLR':
-        for key in ('warmup_iter', 'max_iter'):
-            if key not in sched:
-                raise RecipeError(f'train.scheduler.{key}: missing (LinearWarmupCosineLR)')
-        if not 0 <= sched['warmup_iter'] < sched['max_iter']:
-            raise RecipeError(f"train.scheduler.warmup_iter: {sched['warmup_iter']:,} must be below "
-                              f"train.scheduler.max_iter {sched['max_iter']:,} (and >= 0)")
     try:
-        curve = LearningRateCurve(train_opt)
+        schedule = check_schedule(dict(train_opt, total_iter=total), strict=True)  # the one check train runs too
     except ValueError as err:
         raise RecipeError(str(err)) from None
-    warmup, warmup_key, end, end_key = _schedule_lengths(curve, total)
+    curve, warmup, warmup_key, end, end_key = (schedule.curve, schedule.warmup, schedule.warmup_key, schedule.end,
+                                               schedule.end_key)
 
     notes = []
     if world > 1 and world_from == 'num_gpu':
         notes.append(f'world size {world} = num_gpu: one process per GPU (torchrun --nproc_per_node={world} ... '
                      '--launcher pytorch)')
-    if curve.scheduler_type == 'LinearWarmupCosineLR' and end < total:
-        notes.append(f'the cosine reaches eta_min at iteration {end:,}; the last {total - end:,} iterations stay there')
+    notes += schedule.notes
     losses = _losses(train_opt)
     arch_type = (opt.get('network_g') or {}).get('type')
     arch = ARCH_REGISTRY.get(arch_type) if arch_type in ARCH_REGISTRY else None

@@ -2,6 +2,7 @@
 describes the flags (BasicSR's own parser has none; it still parses them)."""
 import argparse
 import contextlib
+import random
 import sys
 
 METHODS = ('SymUNet, SESymUNet (SE-SymUNet), DaAIR, PromptDSANet, PromptIR (network_g.type), AllInOneModel '
@@ -51,14 +52,49 @@ def _arguments(argv):
         sys.argv = saved
 
 
+def _given_seed(args):
+    """The ``manual_seed`` that the option file and ``--force_yml`` give (None: null or absent)."""
+    from basicsr.utils.options import _postprocess_yml_value
+    from .options import read_yaml
+    seed = (read_yaml(args.opt) or {}).get('manual_seed')
+    for entry in args.force_yml or []:
+        key, _, value = str(entry).partition('=')
+        if key.strip() == 'manual_seed':
+            seed = _postprocess_yml_value(value.strip())
+    return seed
+
+
+def _one_seed(opt, seed):
+    """Distributed: rank 0's ``seed`` on every rank (each rank drew its own)."""
+    if not opt.get('dist'):
+        return seed
+    import torch.distributed as dist
+    seeds = [seed]
+    dist.broadcast_object_list(seeds, src=0)
+    return seeds[0]
+
+
 def parse_options(root_path, is_train, argv=None):
     """BasicSR's ``parse_options`` (options, args) of the arguments ``argv`` (default: this process's command line).
     BasicSR's parser reads ``sys.argv`` only, so an explicit ``argv`` stands in for it while it parses. A distributed
-    run's collectives time out after ``dist_params.timeout`` (``heartbeat.set_collective_timeout``)."""
+    run's collectives time out after ``dist_params.timeout`` (``heartbeat.set_collective_timeout``).
+
+    The seed: BasicSR draws one for ``manual_seed: null`` (or absent) on every rank, each its own, and seeds before
+    applying ``--force_yml``. Here a drawn seed is rank 0's on every rank, a ``--force_yml manual_seed=N`` is the seed
+    used, and the generators are seeded with ``manual_seed + rank`` as BasicSR does; ``args.seed_drawn`` says whether
+    the seed was drawn (a resumed run then takes the one its training state keeps: ``resume.resume_seed``).
+    """
+    from basicsr.utils import set_random_seed
     from basicsr.utils.options import parse_options as basicsr_parse_options
     with _arguments(argv):
         opt, args = basicsr_parse_options(root_path, is_train=is_train)
     if opt['dist']:
         from allinone_basicsr.utils.heartbeat import set_collective_timeout
         set_collective_timeout(opt)
+    args.seed_drawn = _given_seed(args) is None
+    if args.seed_drawn:
+        opt['manual_seed'] = _one_seed(opt, opt['manual_seed'] if opt.get('manual_seed') is not None
+                                       else random.randint(1, 10000))
+    if isinstance(opt.get('manual_seed'), int):  # else check_options names the key
+        set_random_seed(opt['manual_seed'] + opt['rank'])  # the state BasicSR's seeding leaves, with this seed
     return opt, args

@@ -12,10 +12,12 @@ one entry per rank), as tensors and plain numbers so it loads with ``weights_onl
 the CPU: the RNG setters need CPU byte tensors, and ``Optimizer.load_state_dict`` moves the optimizer state onto
 the parameters' device itself.
 """
+import hashlib
+import logging
 import math
 import os
 import random
-import warnings
+from os import path as osp
 
 import numpy as np
 import torch
@@ -125,25 +127,30 @@ def restore_rng_states(saved, opt):
     """Restore this rank's entry of a training state's ``rng``.
 
     ``saved`` is a list with one entry per rank, or (older states) rank 0's dict alone. A state saved with another
-    number of ranks cannot continue exactly: the ranks then keep the RNGs seeded at start, with a warning.
+    number of ranks cannot continue exactly: the ranks then keep the RNGs seeded at start, with a warning in the
+    run's log (BasicSR's logger).
     """
+    from basicsr.utils import get_root_logger
     rank, world_size = opt.get('rank', 0), opt.get('world_size', 1)
     if isinstance(saved, dict):
         saved = [saved]
     if len(saved) != world_size:
-        warnings.warn(f'the training state holds the RNG states of {len(saved)} rank(s), this run has {world_size}: '
-                      'the RNGs stay as seeded at start (the run does not continue exactly)')
+        get_root_logger().warning(f'the training state holds the RNG states of {len(saved)} rank(s), this run has '
+                                  f'{world_size}: the RNGs stay as seeded at start (the run does not continue '
+                                  'exactly)')
         return
     set_rng_states(saved[rank])
 
 
-def load_resume_state(opt):
+def load_resume_state(opt, notices=None):
     """The training state to resume from, loaded onto the CPU, or None.
 
     Same as ``basicsr.train.load_resume_state`` (``--auto_resume``: the newest state of the experiment; else
     ``path.resume_state``), except that it always loads onto the CPU (BasicSR maps it onto the current GPU, from
     which the RNG states cannot be restored), and that with ``--auto_resume`` a state (or its checkpoint) that
-    cannot be read is skipped with a warning and the one before is used.
+    cannot be read is skipped and the one before is used. That notice is appended to ``notices`` (``train`` logs
+    them once the run's log file exists: BasicSR's logger gets its file once, when first set up); without a list
+    (the stock pipeline) it goes to the ``basicsr`` logger as it is (stderr at least).
     """
     from basicsr.utils import check_resume, scandir
     from .options import check_training_state
@@ -160,8 +167,12 @@ def load_resume_state(opt):
                 check_training_state(resume_state, path)
                 torch.load(model_path, map_location='cpu', weights_only=True)
             except Exception as error:  # truncated or corrupt: fall back to the one before
-                warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
-                              f'({type(error).__name__}: {error}); trying the previous one')
+                notice = (f'auto_resume: skipping unreadable training state {path} or {model_path} '
+                          f'({type(error).__name__}: {error}); trying the previous one')
+                if notices is None:
+                    logging.getLogger('basicsr').warning(notice)  # not get_root_logger: it would lose the log file
+                else:
+                    notices.append(notice)
                 continue
             opt['path']['resume_state'] = path
             check_resume(opt, resume_state['iter'])
@@ -202,13 +213,130 @@ def resumable_loader(opt, logger):
     return loader, sampler
 
 
+# datasets.train keys that change how samples are loaded or batched, not what a sample is (the batch, world size
+# and dataset_enlarge_ratio are compared on their own)
+LOADER_KEYS = ('name', 'phase', 'num_worker_per_gpu', 'batch_size_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode',
+               'pin_memory', 'persistent_workers', 'num_prefetch_queue')
+
+
+def _is_source_key(key):
+    return str(key).startswith('dataroot') or str(key).endswith('_file') or key == 'gt_key_map'
+
+
+def _sha256_update(digest, data):
+    digest.update(len(data).to_bytes(8, 'little'))
+    digest.update(data)
+
+
+def source_identity(path):
+    """What a data source holds, in a few words and a digest, cheaply (no image is decoded).
+
+    An LMDB (a folder with ``data.mdb``): its entry count, the size of ``data.mdb``, and a SHA-256 of its
+    ``meta_info.txt`` and of the first and last entries (keys and bytes); an image folder: its file count and a
+    SHA-256 of the names and sizes; a file (``meta_info_file``, ...): its size and SHA-256; else ``'missing'``.
+    """
+    from .lmdb import checked_lmdb
+    path = str(path)
+    digest = hashlib.sha256()
+    if osp.isfile(osp.join(path, 'data.mdb')):
+        meta = osp.join(path, 'meta_info.txt')
+        if osp.isfile(meta):
+            with open(meta, 'rb') as f:
+                _sha256_update(digest, f.read())
+        with checked_lmdb(path) as env, env.begin() as txn:
+            entries = env.stat()['entries']
+            cursor = txn.cursor()
+            for found in (cursor.first(), cursor.last()):
+                if found:
+                    _sha256_update(digest, bytes(cursor.key()))
+                    _sha256_update(digest, bytes(cursor.value()))
+        size = osp.getsize(osp.join(path, 'data.mdb'))
+        return f'LMDB of {entries} entries, data.mdb {size} bytes, sha256 {digest.hexdigest()[:16]}'
+    if osp.isdir(path):
+        names = sorted(os.listdir(path))
+        for name in names:
+            _sha256_update(digest, name.encode())
+            _sha256_update(digest, str(osp.getsize(osp.join(path, name))).encode())
+        return f'folder of {len(names)} files, sha256 {digest.hexdigest()[:16]}'
+    if osp.isfile(path):
+        with open(path, 'rb') as f:
+            _sha256_update(digest, f.read())
+        return f'file of {osp.getsize(path)} bytes, sha256 {digest.hexdigest()[:16]}'
+    return 'missing'
+
+
+def data_fingerprint(dataset_opt, root='.'):
+    """What makes the samples of a train dataset (``datasets.train``): every option but the loader's (``LOADER_KEYS``
+    and names), flattened to ``{'datasets.train.tasks[0].noise_sigma': 25, ...}``, and for every data source
+    (``dataroot*``, ``*_file``, ``gt_key_map``) its :func:`source_identity` under ``'<key> (content)'``. Relative
+    paths are read from ``root``, as training reads them."""
+    flat = {}
+
+    def walk(value, key, top=False):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == 'name' or (top and k in LOADER_KEYS):
+                    continue
+                walk(v, f'{key}.{k}')
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+            for i, v in enumerate(value):
+                walk(v, f'{key}[{i}]')
+        else:
+            flat[key] = list(value) if isinstance(value, (list, tuple)) else value
+            if _is_source_key(key.rsplit('.', 1)[-1]) and isinstance(value, str):
+                flat[f'{key} (content)'] = source_identity(value if osp.isabs(value) else osp.join(root, value))
+
+    walk(dataset_opt, 'datasets.train', top=True)
+    return flat
+
+
+def run_record(opt, batch_size, samples):
+    """What the position of a training state means, as far as a resume may not change it: the loader's batch, the
+    world size, the number of samples and the enlarge ratio, the seed of the samples (``manual_seed``) and the data
+    (:func:`data_fingerprint`). Kept in the state's ``run`` record (``training_state``) and compared on resume
+    (:func:`check_resume_data`)."""
+    dataset_opt = opt['datasets']['train']
+    return {'batch_size': batch_size, 'world_size': opt['world_size'], 'samples': samples,
+            'dataset_enlarge_ratio': dataset_opt.get('dataset_enlarge_ratio', 1), 'manual_seed': opt['manual_seed'],
+            'data': data_fingerprint(dataset_opt, opt.get('root_path', '.'))}
+
+
+def resume_seed(opt, resume_state, drawn):
+    """With ``manual_seed: null`` (``drawn``: the seed was drawn at this start), the seed the resumed run drew at its
+    own start (kept in the state's ``run`` record) replaces this start's, and the random generators are seeded with
+    it as BasicSR seeds them (plus the rank); before the loaders and the model are built. Returns the notice to log,
+    or None (a given seed, the same seed, or a state without the record)."""
+    saved = (resume_state.get('run') or {}).get('manual_seed')
+    if not drawn or saved is None or saved == opt['manual_seed']:
+        return None
+    from basicsr.utils import set_random_seed
+    drawn_now, opt['manual_seed'] = opt['manual_seed'], saved
+    set_random_seed(saved + opt['rank'])
+    return (f'manual_seed: null: resuming with the seed {saved} that the run drew at its start (this start drew '
+            f'{drawn_now}), so its samples continue as they were')
+
+
+_UNSET = object()
+
+
+def _show(value):
+    return '(unset)' if value is _UNSET else value
+
+
 def check_resume_data(saved, current, opt, logger):
     """The batch and the data of a resumed run must be those it was saved with (``saved``: the state's ``run``
-    record; ``current``: this run's): otherwise the saved position in the epoch means other samples. An error
-    naming what changed, unless ``path.force_resume: true``."""
+    record; ``current``: this run's, :func:`run_record`): otherwise the saved position in the epoch means other
+    samples. An error naming every key that changed, unless ``path.force_resume: true``: then each change is logged.
+    What an older state's record lacks is not compared."""
     if not saved:
         return
-    changed = [f'{key} {saved[key]} -> {value}' for key, value in current.items() if saved.get(key, value) != value]
+    changed = [f'{key} {saved[key]} -> {value}' for key, value in current.items()
+               if key != 'data' and key in saved and saved[key] != value]
+    if 'data' in saved and 'data' in current:
+        old, new = saved['data'], current['data']
+        changed += [f'{key} {_show(old.get(key, _UNSET))} -> {_show(new.get(key, _UNSET))}'
+                    for key in list(old) + [k for k in new if k not in old]
+                    if old.get(key, _UNSET) != new.get(key, _UNSET)]
     if not changed:
         return
     message = (f'resuming {opt["name"]} with another batch or data than it was saved with ({", ".join(changed)}): '
@@ -217,13 +345,16 @@ def check_resume_data(saved, current, opt, logger):
         raise ValueError(f'{message}. Restore the settings, start a new run (path.pretrain_network_g), or resume '
                          'anyway with --force_yml path:force_resume=true.')
     logger.warning(f'{message}; resuming anyway (path.force_resume).')
+    for change in changed:
+        logger.warning(f'path.force_resume: resuming with the changed {change}')
 
 
 def training_state(model, epoch, current_iter):
     """The training state of ``model`` (an AllInOneModel) at ``current_iter``: BasicSR's optimizers and schedulers,
     every rank's RNG states, the GradScaler (``train.amp: fp16``), the non-finite streak, and what the position
-    means (the schedule, which a resume may change, and the data, which it may not). A collective when distributed
-    (the RNG states are gathered): every rank calls it; None on ranks other than 0."""
+    means (the schedule and the optimizer's type and settings, which a resume may change, the type excepted, and the
+    batch, seed and data, which it may not: ``run_record``). A collective when distributed (the RNG states are
+    gathered): every rank calls it; None on ranks other than 0."""
     rng = gather_rng_states(model.opt)
     if model.opt['rank'] != 0:
         return None
@@ -237,5 +368,6 @@ def training_state(model, epoch, current_iter):
         'nonfinite_streak': model.guard.streak,
         'scaler': model.precision.state_dict(),
         'run': dict(getattr(model, 'run_info', {}), total_iter=train_opt['total_iter'],
-                    scheduler=dict(train_opt['scheduler'])),
+                    warmup_iter=train_opt.get('warmup_iter', -1), scheduler=dict(train_opt['scheduler']),
+                    optim_g={'type': type(model.optimizers[0]).__name__}),
     }

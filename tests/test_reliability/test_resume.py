@@ -90,6 +90,7 @@ def test_corrupt_latest_state_falls_back_to_the_previous_one(workdir, straight):
     assert 'skipping unreadable training state' in proc.stderr and '16.state' in proc.stderr
     log = ''.join(p.read_text() for p in (workdir / 'experiments' / 'corrupt').glob('train_*.log'))
     assert 'iter: 12.' in log
+    assert 'WARNING: auto_resume: skipping unreadable training state' in log and '16.state' in log  # the run's log
     assert_equal_weights(weights(workdir, 'corrupt'), straight)
 
 

@@ -117,3 +117,119 @@ def test_resume_with_another_batch_is_refused_unless_forced(workdir):
     proc = run(['-m', 'allinone_basicsr.train', '-opt', opt_file, '--auto_resume', '--force_yml',
                 'path:force_resume=true'], workdir)
     assert 'resuming anyway (path.force_resume)' in log_of(workdir, 'batch') + proc.stderr
+
+
+# ------------------------------------------------------------------ exact resume or a refusal
+def weights_of(workdir, name):
+    return torch.load(workdir / 'experiments' / name / 'models' / 'net_g_latest.pth', weights_only=True)['params']
+
+
+def test_null_seed_is_kept_by_the_training_state(workdir):
+    """manual_seed: null draws a seed at every start; the resumed run takes the one its state keeps, so 3 + 3
+    iterations end with the weights of 6 straight ones with that seed (each start drew its own before: other crops
+    and noise)."""
+    import re
+
+    def seeded(name, total, seed):
+        opt = options(name, total, periods=[6])
+        opt['manual_seed'] = seed
+        return write(workdir, name, opt)
+
+    run(['-m', 'allinone_basicsr.train', '-opt', seeded('null_halves', 3, None)], workdir)
+    seed = int(re.search(r'manual_seed: (\d+)', log_of(workdir, 'null_halves')).group(1))  # drawn, as logged
+    run(['-m', 'allinone_basicsr.train', '-opt', seeded('null_straight', 6, seed)], workdir)
+    run(['-m', 'allinone_basicsr.train', '-opt', seeded('null_halves', 6, None), '--auto_resume'], workdir)
+    straight, halves = weights_of(workdir, 'null_straight'), weights_of(workdir, 'null_halves')
+    assert straight.keys() == halves.keys()
+    assert all(torch.equal(straight[k], halves[k]) for k in straight)  # bit-exact on CPU
+    log = log_of(workdir, 'null_halves')
+    assert log.count(f'manual_seed: {seed}\n') == 2  # both starts ran with the seed the first drew
+    assert re.search(rf'resuming with the seed {seed} that the run drew at its start \(this start drew \d+\)', log) \
+        or 'manual_seed: null: resuming' not in log  # logged, unless this start drew the same seed
+
+
+def test_resume_with_other_data_is_refused_unless_forced_and_then_logged(workdir):
+    """What a sample is may not change under a saved position: a task's LMDB swapped for another of the same size,
+    noise_sigma 25 -> 70, gt_size 32 -> 48 are refused, naming the key; forced, every change is logged."""
+    import shutil
+    data = workdir / 'datasets' / 'swap'
+    shutil.copytree(workdir / 'datasets' / 'demo' / 'train', data)
+
+    def opt_file(**changes):
+        opt = options('data', 4)
+        train_set = opt['datasets']['train']
+        for task in train_set['tasks']:
+            for key in ('dataroot_lq', 'dataroot_gt'):
+                if key in task:
+                    task[key] = task[key].replace('datasets/demo/train', 'datasets/swap')
+        train_set['gt_size'] = changes.get('gt_size', 32)
+        train_set['tasks'][1]['noise_sigma'] = changes.get('sigma', 25)
+        return write(workdir, 'data', opt)
+
+    def resume(*extra, **changes):
+        return run(['-m', 'allinone_basicsr.train', '-opt', opt_file(**changes), '--auto_resume', *extra], workdir,
+                   check=False)
+
+    run(['-m', 'allinone_basicsr.train', '-opt', opt_file(), '--force_yml', 'train:total_iter=2'], workdir)
+    refused = 'with another batch or data than it was saved with'
+    proc = resume(sigma=70)
+    assert proc.returncode != 0 and refused in proc.stderr
+    assert 'datasets.train.tasks[1].noise_sigma 25 -> 70' in proc.stderr
+    proc = resume(gt_size=48)
+    assert proc.returncode != 0 and 'datasets.train.gt_size 32 -> 48' in proc.stderr
+    (data / 'rain_lq.lmdb').rename(data / 'rain_tmp.lmdb')  # the rain LQ and GT LMDBs swapped: same keys, same size
+    (data / 'rain_gt.lmdb').rename(data / 'rain_lq.lmdb')
+    (data / 'rain_tmp.lmdb').rename(data / 'rain_gt.lmdb')
+    proc = resume()
+    assert proc.returncode != 0 and refused in proc.stderr
+    assert 'datasets.train.tasks[3].dataroot_lq (content) LMDB of' in proc.stderr
+    assert 'datasets.train.tasks[3].dataroot_gt (content) LMDB of' in proc.stderr
+    assert not (workdir / 'experiments' / 'data' / 'training_states' / '4.state').exists()  # nothing trained
+    proc = resume('--force_yml', 'path:force_resume=true', sigma=70, gt_size=48)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = log_of(workdir, 'data')
+    for change in ('datasets.train.gt_size 32 -> 48', 'datasets.train.tasks[1].noise_sigma 25 -> 70',
+                   'datasets.train.tasks[3].dataroot_lq (content) LMDB of'):
+        assert f'path.force_resume: resuming with the changed {change}' in log
+
+
+def test_optimizer_change_on_resume_takes_effect_and_is_logged(workdir):
+    """optim_g.lr 2e-3 -> 1e-3 and weight_decay on resume: the resumed iterations train with the new base learning
+    rate on the same cosine (logged lr = the new schedule's), the change is logged; another optimizer type is
+    refused."""
+    from allinone_basicsr.tools.recipe import LearningRateCurve
+    run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'lr', options('lr', 2, periods=[4]))], workdir)
+    opt = options('lr', 4, periods=[4])
+    opt['train']['optim_g'].update(type='Adam')
+    proc = run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'lr', opt), '--auto_resume'], workdir,
+               check=False)
+    assert proc.returncode != 0 and 'train.optim_g.type: AdamW -> Adam' in proc.stderr
+    opt['train']['optim_g'].update(type='AdamW', lr=1e-3, weight_decay=0.01)
+    run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'lr', opt), '--auto_resume'], workdir)
+    log = log_of(workdir, 'lr')
+    assert 'Resuming with a changed schedule and optimizer (train.total_iter 2 -> 4; train.optim_g.weight_decay ' \
+           '0.001 -> 0.01; train.optim_g.lr 0.002 -> 0.001)' in log
+    curve = LearningRateCurve(opt['train'])
+    for it in (3, 4):
+        assert f'iter:{it:8,d}, lr:({curve.at(it):.3e},)]' in log
+    group = torch.load(workdir / 'experiments' / 'lr' / 'training_states' / '4.state',
+                       weights_only=True)['optimizers'][0]['param_groups'][0]
+    assert group['initial_lr'] == 1e-3 and group['weight_decay'] == 0.01
+    assert group['lr'] == pytest.approx(curve.at(4), rel=1e-9)
+
+
+def test_total_iter_beyond_the_periods_is_refused_before_training(workdir):
+    """BasicSR's CosineAnnealingRestartLR fails after its last period (TypeError: list indices must be integers),
+    with no net_g_latest: refused before the first step, fresh and on a resume that raises total_iter only."""
+    proc = run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'beyond', options('beyond', 6, periods=[4]))],
+               workdir, check=False)
+    message = 'train.total_iter: 6 is beyond the end of train.scheduler.periods [4] (sum 4)'
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (workdir / 'experiments' / 'beyond' / 'models').exists()  # nothing ran
+    run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'raised', options('raised', 4))], workdir)
+    proc = run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'raised', options('raised', 8, periods=[4])),
+                '--auto_resume'], workdir, check=False)
+    assert proc.returncode != 0 and 'train.total_iter: 8 is beyond the end of train.scheduler.periods [4]' \
+        in proc.stderr
+    assert sorted(p.name for p in (workdir / 'experiments' / 'raised' / 'training_states').iterdir()) == \
+        ['2.state', '4.state']
