@@ -18,6 +18,7 @@ sample copies only its crop. Both give the same pixels, so the same samples (tes
 import bisect
 import copy
 import functools
+import hashlib
 import io
 import os
 from os import path as osp
@@ -263,23 +264,32 @@ class _SourceReader:
             self.lmdb_paths.append(root)
         return f'db{self.lmdb_paths.index(root)}'
 
-    def read(self, path, client_key):
-        """Returns the image at ``path`` (LMDB key if ``client_key`` is set, else file path) as uint8 RGB."""
+    def read_bytes(self, path, client_key):
+        """The encoded bytes at ``path`` (LMDB key if ``client_key`` is set, else file path)."""
         if client_key is None:
             if self.file_client is None:
                 self.file_client = FileClient('disk')
             try:
-                content = self.file_client.get(path)
+                return self.file_client.get(path)
             except FileNotFoundError:
                 raise FileNotFoundError(f'image file not found: {path}') from None
-            return decode_image(content, path, osp.dirname(path))
         if self.lmdb_client is None:
             self.lmdb_client = FileClient('lmdb', db_paths=list(self.lmdb_paths),
                                           client_keys=[f'db{i}' for i in range(len(self.lmdb_paths))])
-        db_path = self.lmdb_paths[int(client_key[2:])]
         content = self.lmdb_client.get(path, client_key)
         if content is None:
-            raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {db_path}')
+            raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {self.lmdb_path(client_key)}')
+        return content
+
+    def lmdb_path(self, client_key):
+        return self.lmdb_paths[int(client_key[2:])]
+
+    def read(self, path, client_key):
+        """Returns the image at ``path`` (LMDB key if ``client_key`` is set, else file path) as uint8 RGB."""
+        content = self.read_bytes(path, client_key)
+        if client_key is None:
+            return decode_image(content, path, osp.dirname(path))
+        db_path = self.lmdb_path(client_key)
         return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
 
     def __getstate__(self):  # never pickle open clients into workers
@@ -343,6 +353,24 @@ class TaskSource:
         else:
             self.sigma = _check_sigma(f'{prefix}noise_sigma', task['noise_sigma'])
         self.keys = list(self.lq if self.lq is not None else self.gt)
+
+    def fingerprint(self, extra=()):
+        """What the images are, as ``sha256:<32 hex digits>``: SHA-256 over ``extra`` (options that change a sample,
+        e.g. ``noise_sigma``), then per sample key in sorted order the key and the bytes of its GT and LQ records
+        (the encoded files, or the LMDB values, as stored; each preceded by its length). Any image changed, added,
+        removed or paired differently changes it; a copy of the same data elsewhere does not. Costs one read (no
+        decoding) of every image."""
+        digest = hashlib.sha256(repr(tuple(extra)).encode())
+        for key in self.keys:
+            sides = [('gt', self.gt[self.gt_key[key] if self.gt_key else key], self.gt_client)]
+            if self.lq is not None:
+                sides.append(('lq', self.lq[key], self.lq_client))
+            digest.update(f'\0{key}'.encode())
+            for side, path, client in sides:
+                content = bytes(self.reader.read_bytes(path, client))
+                digest.update(f'\0{side}{len(content)}\0'.encode())
+                digest.update(content)
+        return 'sha256:' + digest.hexdigest()[:32]
 
     def read(self, key):
         gt_path = self.gt[self.gt_key[key] if self.gt_key else key]
@@ -511,6 +539,14 @@ class AllInOneTestDataset(data.Dataset):
 
     def __len__(self):
         return len(self.keys)
+
+    def fingerprint(self):
+        """The set's identity in test results (``metrics.csv``, checked by ``tools/compare``): ``TaskSource.
+        fingerprint`` over every image, with ``noise_sigma`` and ``crop_to_multiple``; computed once per dataset."""
+        if getattr(self, '_fingerprint', None) is None:
+            self._fingerprint = self.source.fingerprint((('noise_sigma', self.source.sigma),
+                                                         ('crop_to_multiple', self.crop_to_multiple)))
+        return self._fingerprint
 
     def __getitem__(self, index):
         key = self.keys[index]
