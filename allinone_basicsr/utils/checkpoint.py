@@ -144,8 +144,36 @@ def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
     return split_embedded(strip_prefix(state))
 
 
-def check_state_dict_fits(net, state, strict, load_path):
-    """A clear error for a checkpoint of another arch or config: name the first mismatching keys and shapes."""
+_SYMUNET = {'intro', 'ending', 'encoders', 'downs', 'ups', 'decoders', 'middle_blks'}
+_PROMPT = {'patch_embed', 'encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'down1_2', 'down2_3',
+           'down3_4', 'up4_3', 'up3_2', 'up2_1', 'decoder_level1', 'decoder_level2', 'decoder_level3',
+           'reduce_chan_level2', 'reduce_chan_level3', 'prompt1', 'prompt2', 'prompt3', 'noise_level1', 'noise_level2',
+           'noise_level3', 'reduce_noise_level1', 'reduce_noise_level2', 'reduce_noise_level3', 'refinement', 'output'}
+# The top-level modules of each of the plugin's archs, as their state dicts name them (the first part of a key).
+ARCH_SIGNATURES = {
+    'SymUNet': _SYMUNET,
+    'SESymUNet': _SYMUNET | {'middle_guide_attention', 'middle_refine_attention', 'decoder_guide_attentions',
+                             'decoder_refine_attentions'},
+    'DaAIR': {'patch_embed', 'encoders', 'downs', 'ups', 'decoders', 'fusions', 'refinement', 'output'},
+    'PromptIR': _PROMPT | {'chnl_reduce1', 'chnl_reduce2', 'chnl_reduce3', 'reduce_noise_channel_1',
+                           'reduce_noise_channel_2', 'reduce_noise_channel_3'},
+    'PromptDSANet': _PROMPT | {'prompt_net', 'pim_convs'},
+}
+
+
+def guess_arch(keys):
+    """The arch of :data:`ARCH_SIGNATURES` whose top-level modules best match those of the state dict ``keys``
+    (Jaccard similarity of the first key parts, at least 0.75), or None when none does."""
+    top = {k.split('.')[0] for k in keys}
+    scores = {arch: len(top & names) / len(top | names) for arch, names in ARCH_SIGNATURES.items()}
+    best = max(scores, key=scores.get) if top else None
+    return best if best and scores[best] >= 0.75 else None
+
+
+def check_state_dict_fits(net, state, strict, load_path, key='path.pretrain_network_g'):
+    """A clear error for a checkpoint of another arch or config, in one message: the file, the arch the options
+    build, the arch the file's keys look like (:func:`guess_arch`, when another one), and the count of mismatching,
+    missing and unexpected keys with the first three of each."""
     own = net.state_dict()
     wrong = [f'{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}'
              for k, v in state.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
@@ -155,5 +183,9 @@ def check_state_dict_fits(net, state, strict, load_path):
         parts = [f'{name} ({len(keys)}): {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                  for name, keys in (('shape mismatch', wrong), ('missing in the checkpoint', missing),
                                     ('not in the network', unexpected)) if keys]
-        raise ValueError(f'path.pretrain_network_g: {load_path} does not fit {net.__class__.__name__} '
-                         f'(another arch or network_g config?). ' + '; '.join(parts))
+        arch, seems = net.__class__.__name__, guess_arch(state)
+        why = (f'the file seems to be a {seems} checkpoint: set network_g.type (and its options) to match, or point '
+               f'{key} at a {arch} file' if seems and seems != arch else
+               'another arch or network_g config? network_g must describe the network the file was saved from')
+        raise ValueError(f'{key}: {load_path} does not fit {arch} (the network network_g builds); {why}. '
+                         + '; '.join(parts))
