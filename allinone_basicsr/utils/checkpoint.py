@@ -48,17 +48,39 @@ def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        try:
-            offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a legacy (non-zip) file: the error message names the first one
-            offending = [str(err).split('GLOBAL ')[-1].split(' ')[0]] if 'GLOBAL ' in str(err) else []
-        allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
-        offending = [g for g in offending if g not in allowed] or ['(see the message below)']
         raise UnsafeCheckpointError(
-            f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({", ".join(offending)}); '
+            f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({_offending(path, err)}); '
             'loading it could run code from the file, so it is refused. If you trust its source, convert it once to '
             f'a weights-only file: python -m allinone_basicsr.tools.convert {path} CONVERTED.pth --trust-pickle, then '
             f'point {key} at CONVERTED.pth.') from None
+
+
+def _offending(path, err):
+    """The globals (beyond :data:`SAFE_GLOBALS`) that the file at ``path`` needs, as text, from torch's refusal
+    ``err``."""
+    try:
+        offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: the error message names the first one
+        offending = [str(err).split('GLOBAL ')[-1].split(' ')[0]] if 'GLOBAL ' in str(err) else []
+    allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+    return ', '.join([g for g in offending if g not in allowed] or ['objects torch does not name'])
+
+
+def load_training_state(path, what='training state'):
+    """A training state (``training_states/<iter>.state``) or the network file saved with it, ``torch.load``-ed on
+    the CPU with ``weights_only=True``. One that holds pickled Python objects is refused with an
+    :class:`UnsafeCheckpointError` naming the file and the objects, and our advice instead of torch's (which is to
+    unpickle it fully: never for a file of unknown origin): the training writes only tensors and numbers, so such
+    a file was written by another program or altered; resume from another state or start from weights."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f'{what} {path} holds Python objects that only a full unpickle can rebuild ({_offending(path, err)}); '
+            'loading it could run code from the file, so it is refused. The training writes only tensors and numbers '
+            'there: this file was written by another program or altered. Resume from another state (remove this one '
+            'and --auto_resume takes the one before), or start afresh from a trusted weights file '
+            '(path.pretrain_network_g).') from None
 
 
 # Frozen submodules that official checkpoints save beside the network's own weights, which our archs hold outside

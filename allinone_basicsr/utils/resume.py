@@ -146,6 +146,7 @@ def load_resume_state(opt):
     cannot be read is skipped with a warning and the one before is used.
     """
     from basicsr.utils import check_resume, scandir
+    from .checkpoint import load_training_state
     from .options import check_training_state
 
     if opt['auto_resume']:
@@ -156,9 +157,9 @@ def load_resume_state(opt):
             path = os.path.join(state_path, f'{it}.state')
             model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
             try:
-                resume_state = torch.load(path, map_location='cpu', weights_only=True)
+                resume_state = load_training_state(path)
                 check_training_state(resume_state, path)
-                torch.load(model_path, map_location='cpu', weights_only=True)
+                load_training_state(model_path, 'network file')
             except Exception as error:  # truncated or corrupt: fall back to the one before
                 warnings.warn(f'auto_resume: skipping unreadable training state {path} or {model_path} '
                               f'({type(error).__name__}: {error}); trying the previous one')
@@ -173,7 +174,7 @@ def load_resume_state(opt):
         return None
     if not os.path.isfile(resume_state_path):
         raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
-    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    resume_state = load_training_state(resume_state_path, 'path.resume_state: training state')
     check_training_state(resume_state, resume_state_path)
     check_resume(opt, resume_state['iter'])
     return resume_state
