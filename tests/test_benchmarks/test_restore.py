@@ -413,3 +413,24 @@ def test_an_allocation_failure_says_use_tile(tmp_path, opt_file, monkeypatch, ca
                 _run(opt_file, folder, tmp_path / f'out_{kind}{len(extra)}', *extra)
             reason = _failures(capsys.readouterr().err)['a.png']
             assert reason.startswith(f'not enough memory (it asked for {asked} more): {advice}'), reason
+
+
+def test_a_corrupt_but_complete_jpeg_is_not_called_truncated(tmp_path, opt_file):
+    """A JPEG whose Huffman table segment claims more bytes than the file has (the file itself complete, ending with
+    its end-of-image marker): 'corrupt JPEG', where Pillow's 'Truncated File Read' made it 'truncated'; a JPEG that
+    lost its end is still 'truncated'."""
+    data = bytearray(_encoded('.jpg', h=64, w=80))
+    table = data.find(b'\xff\xc4')
+    data[table + 2:table + 4] = (0x7009).to_bytes(2, 'big')  # the segment's length, past the end of the file
+    assert data.endswith(b'\xff\xd9')
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'corrupt.jpg').write_bytes(bytes(data))
+    (folder / 'cut.jpg').write_bytes(_encoded('.jpg', h=64, w=80)[:-2])
+    proc = run_python(['-m', 'allinone_basicsr.tools.restore', '-opt', str(opt_file), '--input', str(folder),
+                       '--output', str(tmp_path / 'out'), '--device', 'cpu'], check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    reasons = _failures(proc.stderr)
+    assert reasons['corrupt.jpg'] == ('corrupt JPEG (the file is complete, it ends with its end-of-image marker, but '
+                                      'its data is damaged: Truncated File Read)')
+    assert reasons['cut.jpg'].startswith('truncated JPEG')
