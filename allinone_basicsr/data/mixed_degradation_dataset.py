@@ -24,11 +24,12 @@ import os
 from os import path as osp
 
 import cv2
+import lmdb
 import numpy as np
 import torch
 from torch.utils import data as data
 
-from allinone_basicsr.utils.lmdb import checked_lmdb
+from allinone_basicsr.utils.lmdb import check_records, checked_lmdb, damaged_record
 from allinone_basicsr.utils.option_types import to_int, to_number
 
 from basicsr.data.transforms import augment, paired_random_crop
@@ -86,6 +87,7 @@ def list_source(root, where, meta_info_file=None):
             for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
                 key = strip_image_extension(name)  # keys may hold dots (RESIDE: 0025_0.8_0.04)
                 entries[key] = key
+            check_records(env, root, entries, where)  # every listed key present, the tree readable
             if entries:
                 first = min(entries)
                 with env.begin() as txn:
@@ -276,7 +278,10 @@ class _SourceReader:
         if self.lmdb_client is None:
             self.lmdb_client = FileClient('lmdb', db_paths=list(self.lmdb_paths),
                                           client_keys=[f'db{i}' for i in range(len(self.lmdb_paths))])
-        content = self.lmdb_client.get(path, client_key)
+        try:
+            content = self.lmdb_client.get(path, client_key)
+        except lmdb.Error as err:
+            raise damaged_record(self.lmdb_path(client_key), path, f'{type(err).__name__}: {err}') from None
         if content is None:
             raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {self.lmdb_path(client_key)}')
         return content
@@ -290,7 +295,12 @@ class _SourceReader:
         if client_key is None:
             return decode_image(content, path, osp.dirname(path))
         db_path = self.lmdb_path(client_key)
-        return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
+        try:
+            return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
+        except ValueError as err:
+            if str(err).startswith('cannot decode'):  # an LMDB record that does not decode: the LMDB is damaged
+                raise damaged_record(db_path, path, err) from None
+            raise
 
     def __getstate__(self):  # never pickle open clients into workers
         state = self.__dict__.copy()
