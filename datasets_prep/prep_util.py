@@ -4,7 +4,8 @@ A *job* writes one LMDB (a clean-only set) or two LMDBs of one task (``<name>_lq
 Its *units* are decoded, checked and PNG-encoded (or, with ``--format raw``, stored as ``.npy`` arrays of the RGB
 image, which the training loader reads without decoding) in worker processes and written by BasicSR's ``LmdbMaker``
 in the main process. Each LMDB is written under a temporary name and renamed into place only once complete, with a
-``prepare_info.json`` beside its ``meta_info.txt``; a re-run skips LMDBs that are complete (``--force`` rebuilds).
+``prepare_info.json`` beside its ``meta_info.txt``; a re-run skips LMDBs that are complete (``--force`` rebuilds)
+unless the raw tree changed (other sources or keys than the LMDB's): those are rebuilt, with a warning naming them.
 """
 import io
 import json
@@ -230,16 +231,49 @@ def _complete(path):
     return osp.isfile(osp.join(path, INFO_FILE)) and osp.isfile(osp.join(path, 'meta_info.txt'))
 
 
+def _meta_keys(path):
+    """The keys of a complete LMDB's meta_info.txt (``<key>.png (h,w,c) level`` per line)."""
+    with open(osp.join(path, 'meta_info.txt')) as f:
+        return {re.sub(r'\.png$', '', line.split()[0]) for line in f if line.strip()}
+
+
+def stale_lmdb(job, index, path):
+    """Why the complete LMDB ``path`` (``job.lmdbs[index]``) no longer matches the raw tree, or None: the sources
+    found now differ in number from those it was built from (``prepare_info.json``), or the keys the job gives now
+    differ from its meta_info's (sub-crop suffixes ``_sNNN`` aside). Reads two small text files."""
+    with open(osp.join(path, INFO_FILE)) as f:
+        built_from = json.load(f).get('sources_found')
+    cropped = any(unit.crop for unit in job.units)
+    now = {key for unit in job.units for out, key in zip(unit.outs, unit.keys) if out == index}
+    held = {re.sub(r'_s\d{3}$', '', k) for k in _meta_keys(path)} if cropped else _meta_keys(path)
+    new, gone = sorted(now - held, key=natural_key), sorted(held - now, key=natural_key)
+    if not new and not gone and built_from in (None, job.found):
+        return None
+    parts = [f'the raw tree gives {job.found} source(s), it was built from {built_from}'] \
+        if built_from not in (None, job.found) else []
+    parts += [f'{len(new)} key(s) not in it (e.g. {new[0]})'] if new else []
+    parts += [f'{len(gone)} of its key(s) no longer in the raw tree (e.g. {gone[0]})'] if gone else []
+    return '; '.join(parts)
+
+
 def run_job(job, out_root, workers=1, compress_level=1, fmt='png', force=False):
-    """Write the job's LMDBs atomically (skipped when complete unless ``force``); fills job.written/status."""
+    """Write the job's LMDBs atomically (skipped when complete unless ``force``, or when stale: rebuilt, with a
+    warning naming each stale LMDB and why, :func:`stale_lmdb`); fills job.written/status."""
     from tqdm import tqdm
 
     finals = [osp.join(out_root, f'{name}.lmdb') for name in job.lmdbs]
     if not force and all(_complete(p) for p in finals):
-        with open(osp.join(finals[0], INFO_FILE)) as f:
-            job.written = json.load(f)['entries']
-        job.status = 'exists, skipped'
-        return job
+        stale = [(p, stale_lmdb(job, i, p)) for i, p in enumerate(finals)]
+        stale = [(p, why) for p, why in stale if why]
+        if not stale:
+            with open(osp.join(finals[0], INFO_FILE)) as f:
+                job.written = json.load(f)['entries']
+            job.status = 'exists, skipped'
+            return job
+        for path, why in stale:
+            print(f'WARNING: {path} is stale: {why}. Rebuilding {", ".join(finals)} from the raw tree.',
+                  file=sys.stderr)
+        force = 'stale'
     check_keys(job)
     temps = [osp.join(osp.dirname(p), f'.partial-{osp.basename(p)}') for p in finals]
     for tmp in temps:
@@ -287,7 +321,7 @@ def run_job(job, out_root, workers=1, compress_level=1, fmt='png', force=False):
         if old:
             shutil.rmtree(old, ignore_errors=True)
     job.written = counts[0]
-    job.status = 'written'
+    job.status = 'stale, rebuilt' if force == 'stale' else 'written'
     return job
 
 

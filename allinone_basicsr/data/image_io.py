@@ -88,11 +88,27 @@ def _header_problem(data):
     return None
 
 
+JPEG_END = b'\xff\xd9'  # a JPEG's end-of-image marker
+
+
 def check_complete(data):
     """None when the encoded image ``data`` decodes completely, otherwise the reason. Pillow decodes every format it
     knows in full (truncated data raises, ``LOAD_TRUNCATED_IMAGES`` off) and checks a PNG's chunk checksums
     (``verify``); on top, a PNG must end with its IEND chunk, a WebP hold its RIFF size and a TIFF's directory,
-    strips and tiles lie inside the file. A format Pillow does not know is left to OpenCV's decoding."""
+    strips and tiles lie inside the file. A format Pillow does not know is left to OpenCV's decoding.
+
+    Pillow says "truncated" whenever its decoder runs out of data, also when a damaged length or table makes it read
+    past the end of a complete file: a JPEG is called truncated only when it does not end with its end-of-image
+    marker (trailing zero padding allowed); one that does is corrupt."""
+    problem = _completeness_problem(data)
+    if problem and problem.startswith('truncated JPEG') and data.rstrip(b'\x00').endswith(JPEG_END):
+        problem = ('corrupt JPEG (the file is complete, it ends with its end-of-image marker, but its data is damaged: '
+                   + problem[len('truncated JPEG ('):])
+    return problem
+
+
+def _completeness_problem(data):
+    """:func:`check_complete`'s reason before a JPEG's "truncated" is checked against its end marker."""
     if data.startswith(b'\x89PNG\r\n\x1a\n') and PNG_END not in data[-64:]:
         return 'truncated PNG (the file ends before its IEND chunk)'
     if data[:4] == b'RIFF' and data[8:12] == b'WEBP' and int.from_bytes(data[4:8], 'little') + 8 > len(data):

@@ -18,16 +18,18 @@ sample copies only its crop. Both give the same pixels, so the same samples (tes
 import bisect
 import copy
 import functools
+import hashlib
 import io
 import os
 from os import path as osp
 
 import cv2
+import lmdb
 import numpy as np
 import torch
 from torch.utils import data as data
 
-from allinone_basicsr.utils.lmdb import checked_lmdb
+from allinone_basicsr.utils.lmdb import check_records, checked_lmdb, damaged_record
 from allinone_basicsr.utils.option_types import to_int, to_number
 
 from basicsr.data.transforms import augment, paired_random_crop
@@ -85,6 +87,7 @@ def list_source(root, where, meta_info_file=None):
             for name in _read_meta_info(meta, f'{where}: meta_info of the LMDB'):
                 key = strip_image_extension(name)  # keys may hold dots (RESIDE: 0025_0.8_0.04)
                 entries[key] = key
+            check_records(env, root, entries, where)  # every listed key present, the tree readable
             if entries:
                 first = min(entries)
                 with env.begin() as txn:
@@ -263,24 +266,41 @@ class _SourceReader:
             self.lmdb_paths.append(root)
         return f'db{self.lmdb_paths.index(root)}'
 
-    def read(self, path, client_key):
-        """Returns the image at ``path`` (LMDB key if ``client_key`` is set, else file path) as uint8 RGB."""
+    def read_bytes(self, path, client_key):
+        """The encoded bytes at ``path`` (LMDB key if ``client_key`` is set, else file path)."""
         if client_key is None:
             if self.file_client is None:
                 self.file_client = FileClient('disk')
             try:
-                content = self.file_client.get(path)
+                return self.file_client.get(path)
             except FileNotFoundError:
                 raise FileNotFoundError(f'image file not found: {path}') from None
-            return decode_image(content, path, osp.dirname(path))
         if self.lmdb_client is None:
             self.lmdb_client = FileClient('lmdb', db_paths=list(self.lmdb_paths),
                                           client_keys=[f'db{i}' for i in range(len(self.lmdb_paths))])
-        db_path = self.lmdb_paths[int(client_key[2:])]
-        content = self.lmdb_client.get(path, client_key)
+        try:
+            content = self.lmdb_client.get(path, client_key)
+        except lmdb.Error as err:
+            raise damaged_record(self.lmdb_path(client_key), path, f'{type(err).__name__}: {err}') from None
         if content is None:
-            raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {db_path}')
-        return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
+            raise KeyError(f'key {path!r} (listed in meta_info) not found in LMDB {self.lmdb_path(client_key)}')
+        return content
+
+    def lmdb_path(self, client_key):
+        return self.lmdb_paths[int(client_key[2:])]
+
+    def read(self, path, client_key):
+        """Returns the image at ``path`` (LMDB key if ``client_key`` is set, else file path) as uint8 RGB."""
+        content = self.read_bytes(path, client_key)
+        if client_key is None:
+            return decode_image(content, path, osp.dirname(path))
+        db_path = self.lmdb_path(client_key)
+        try:
+            return decode_image(content, f'{path!r} of LMDB {db_path}', db_path)
+        except ValueError as err:
+            if str(err).startswith('cannot decode'):  # an LMDB record that does not decode: the LMDB is damaged
+                raise damaged_record(db_path, path, err) from None
+            raise
 
     def __getstate__(self):  # never pickle open clients into workers
         state = self.__dict__.copy()
@@ -343,6 +363,24 @@ class TaskSource:
         else:
             self.sigma = _check_sigma(f'{prefix}noise_sigma', task['noise_sigma'])
         self.keys = list(self.lq if self.lq is not None else self.gt)
+
+    def fingerprint(self, extra=()):
+        """What the images are, as ``sha256:<32 hex digits>``: SHA-256 over ``extra`` (options that change a sample,
+        e.g. ``noise_sigma``), then per sample key in sorted order the key and the bytes of its GT and LQ records
+        (the encoded files, or the LMDB values, as stored; each preceded by its length). Any image changed, added,
+        removed or paired differently changes it; a copy of the same data elsewhere does not. Costs one read (no
+        decoding) of every image."""
+        digest = hashlib.sha256(repr(tuple(extra)).encode())
+        for key in self.keys:
+            sides = [('gt', self.gt[self.gt_key[key] if self.gt_key else key], self.gt_client)]
+            if self.lq is not None:
+                sides.append(('lq', self.lq[key], self.lq_client))
+            digest.update(f'\0{key}'.encode())
+            for side, path, client in sides:
+                content = bytes(self.reader.read_bytes(path, client))
+                digest.update(f'\0{side}{len(content)}\0'.encode())
+                digest.update(content)
+        return 'sha256:' + digest.hexdigest()[:32]
 
     def read(self, key):
         gt_path = self.gt[self.gt_key[key] if self.gt_key else key]
@@ -511,6 +549,14 @@ class AllInOneTestDataset(data.Dataset):
 
     def __len__(self):
         return len(self.keys)
+
+    def fingerprint(self):
+        """The set's identity in test results (``metrics.csv``, checked by ``tools/compare``): ``TaskSource.
+        fingerprint`` over every image, with ``noise_sigma`` and ``crop_to_multiple``; computed once per dataset."""
+        if getattr(self, '_fingerprint', None) is None:
+            self._fingerprint = self.source.fingerprint((('noise_sigma', self.source.sigma),
+                                                         ('crop_to_multiple', self.crop_to_multiple)))
+        return self._fingerprint
 
     def __getitem__(self, index):
         key = self.keys[index]

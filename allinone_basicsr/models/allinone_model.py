@@ -11,7 +11,7 @@ from allinone_basicsr.archs.arch_util import AfterStepArch, has_task_logits
 from allinone_basicsr.metrics.routing_accuracy_metric import routing_vote
 from allinone_basicsr.utils.checkpoint import (atomic_torch_save, check_state_dict_fits, extract_state_dict,
                                                load_checkpoint, save_network_file)
-from allinone_basicsr.utils.metric_table import MetricTable, SetScores, set_row
+from allinone_basicsr.utils.metric_table import MetricTable, SetScores, set_fingerprint, set_row
 from allinone_basicsr.utils.resume import restore_rng_states, training_state
 
 from basicsr.losses import build_loss
@@ -249,4 +249,4 @@ class AllInOneModel(SRModel):
         if not hasattr(self, '_table'):  # one table per round of every val/test set
             self._table = MetricTable.for_run(self.opt)
         self._table.add(current_iter, set_row(name, dataset_opt.get('degradation', ''), count, self.metric_results,
-                                              self._input_scores.get(name, {})))
+                                              self._input_scores.get(name, {}), set_fingerprint(dataloader.dataset)))

@@ -91,9 +91,13 @@ def _number(text, where):
         raise ValueError(f'{where}: {text!r} is not a number') from None
 
 
+TEXT_COLUMNS = ('test_set', 'degradation', 'fingerprint')  # the other columns of a metrics.csv are numbers
+
+
 def read_metrics_csv(folder, metrics=None):
     """``{test set: {column: value}}`` of ``folder/metrics.csv`` (written by a test or validation round), in file
-    order, the ``Average`` row left out: numeric columns as floats (None where empty), ``degradation`` kept as text.
+    order, the ``Average`` row left out: numeric columns as floats (None where empty), ``degradation`` and
+    ``fingerprint`` (the set's data, ``utils.metric_table.set_fingerprint``; '' in older files) kept as text.
     ``metrics``: columns that must exist. FileNotFoundError / ValueError name the file and what is wrong."""
     path = osp.join(folder, 'metrics.csv')
     if not osp.isfile(path):
@@ -111,7 +115,7 @@ def read_metrics_csv(folder, metrics=None):
             continue
         if name in sets:
             raise ValueError(f'{path}: test set {name!r} appears twice')
-        sets[name] = {k: (v if k in ('test_set', 'degradation') else _number(v, f'{path} line {i}, column {k!r}'))
+        sets[name] = {k: (v or '' if k in TEXT_COLUMNS else _number(v, f'{path} line {i}, column {k!r}'))
                       for k, v in row.items()}
     if not sets:
         raise ValueError(f'{path}: no test set rows')

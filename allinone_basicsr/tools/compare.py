@@ -28,6 +28,12 @@ The numbers are checked rather than trusted:
   of the average, and reported in a warning naming the run and the set. An infinite PSNR usually means the LQ
   images equal the GT (``dataroot_lq`` pointing at the GT).
 - Two folders that give the same run name are refused (one would hide the other).
+- A set is what its images are, not its name: each row of a metrics.csv records the set's ``fingerprint`` (a hash of
+  every image's bytes and the noise level, ``utils.metric_table.set_fingerprint``). Runs whose fingerprints of one
+  set differ are refused, naming the set and both runs (``--common-sets`` leaves such sets out instead); a run
+  without fingerprints (an older metrics.csv) is compared by name, with a one-line warning.
+- A set with a value that is not finite in any column (e.g. an inf PSNR) is left out of that run's average of every
+  metric, as in the runs' own tables.
 
 Invalid input is a usage error (exit status 2, one line naming the run and the problem); warnings are one line each.
 """
@@ -59,6 +65,11 @@ def read_metrics(folder, metric):
     return {name: row[metric] for name, row in read_metrics_csv(folder, [metric]).items()}
 
 
+def _not_finite(row):
+    """The columns of a metrics.csv row (``read_metrics_csv``) whose number is inf / nan, as 'column value'."""
+    return [f'{k} {v}' for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
 def read_options(folder):
     """The options ``allinone_basicsr.test`` wrote into the run folder (``options.yml``: the run's own, overrides
     applied; older runs: the first ``*.yml``), or None."""
@@ -70,8 +81,10 @@ def read_options(folder):
 
 
 def read_run(folder, metric):
-    """{test_set: value} (the Average row excluded) and the run's option file (or None)."""
-    return read_metrics(folder, metric), read_options(folder)
+    """{test_set: value} (the Average row excluded), the run's option file (or None) and its rows
+    ({test_set: {column: value}}, the ``fingerprint`` among them)."""
+    rows = read_metrics_csv(folder, [metric])
+    return {name: row[metric] for name, row in rows.items()}, read_options(folder), rows
 
 
 def run_name(folder, opt):
@@ -126,11 +139,53 @@ def select_sets(runs, common_sets=False):
     return common, notes
 
 
-def average(name, values, sets, metric):
-    """(mean of the finite values of ``sets``, number averaged, warnings for the values left out)."""
+def check_fingerprints(runs, sets, common_sets=False):
+    """The sets of ``sets`` whose data every run agrees on, and the notes.
+
+    ``runs`` is a list of (name, folder, {set: row}); a row's ``fingerprint`` (``utils.metric_table.set_fingerprint``)
+    tells what images the set held. Two runs whose fingerprints of one set differ tested on different data under one
+    name: a ``ValueError`` naming the set and both runs, unless ``common_sets`` (the set is then left out, with a
+    note). A run without fingerprints (a metrics.csv written before they were recorded, or a stock dataset) is
+    compared by name, with one note naming the run and its sets."""
+    notes, differing = [], []
+    for name, folder, rows in runs:
+        unknown = [s for s in sets if not rows[s].get('fingerprint')]
+        if unknown:
+            notes.append(f'{name} ({folder}): no test-set fingerprint in its metrics.csv (an older file, or a stock '
+                         f'dataset) for {", ".join(unknown)}: compared by name only')
+    for test_set in sets:
+        known = [(name, folder, rows[test_set]['fingerprint']) for name, folder, rows in runs
+                 if rows[test_set].get('fingerprint')]
+        other = next((run for run in known if run[2] != known[0][2]), None)
+        if other is not None:
+            differing.append(test_set)
+            notes.append(f'test set {test_set!r} holds different data in {known[0][0]} ({known[0][1]}, '
+                         f'{known[0][2]}) and in {other[0]} ({other[1]}, {other[2]}): the same name, other images '
+                         f'or another noise level')
+    if differing and not common_sets:
+        raise ValueError('; '.join(n for n in notes if n.startswith('test set ')) + '. Their scores are not '
+                         'comparable: point both option files at the same data, or pass --common-sets to leave '
+                         'out the sets whose data differ')
+    kept = [s for s in sets if s not in differing]
+    if differing:
+        if not kept:
+            raise ValueError('--common-sets: no test set holds the same data in all runs: ' + '; '.join(notes))
+        notes.append(f'--common-sets: left out {", ".join(differing)} (different data under one name)')
+    return kept, notes
+
+
+def average(name, values, sets, metric, rows=None):
+    """(mean of the finite values of ``sets``, number averaged, warnings for the values left out). With the run's
+    ``rows``, a set with an inf / nan in any column is left out too, as the runs' own Average rows do
+    (``utils.metric_table.average_row``), so that the averages of every metric cover the same sets."""
     kept, notes = [], []
     for test_set in sets:
         value = values.get(test_set)
+        others = [c for c in _not_finite((rows or {}).get(test_set, {})) if c.split(' ')[0] != metric]
+        if _finite(value) and others:
+            notes.append(f'{name} / {test_set}: {metric} {_show(value, metric)} left out of the average: the set has '
+                         f'{", ".join(others)} (a set with a value that is not finite is left out of every average)')
+            continue
         if _finite(value):
             kept.append(value)
             continue
@@ -298,24 +353,29 @@ def compare(folders, metric='psnr', out='results/compare', macs_size=None, commo
     """
     runs, seen = [], {}
     for folder in folders:
-        values, opt = read_run(folder, metric)
+        values, opt, rows = read_run(folder, metric)
         name = run_name(folder, opt)
         if name in seen:
             raise ValueError(f'two runs are named {name!r}: {seen[name]} and {folder} (the name is the option file\'s '
                              f'`name`, else the folder name); one would hide the other in the table')
         seen[name] = folder
-        runs.append((name, folder, values, opt))
-    sets, notes = select_sets([(name, folder, values) for name, folder, values, _ in runs], common_sets)
+        runs.append((name, folder, values, opt, rows))
+    sets, notes = select_sets([(name, folder, values) for name, folder, values, *_ in runs], common_sets)
+    sets, fingerprint_notes = check_fingerprints([(name, folder, rows) for name, folder, _, _, rows in runs], sets,
+                                                 common_sets)
+    for message in fingerprint_notes:
+        warnings.warn(message, CompareWarning, stacklevel=2)
+    notes += fingerprint_notes
     methods = [name for name, *_ in runs]
-    table = {name: {s: values[s] for s in sets} for name, _, values, _ in runs}
+    table = {name: {s: values[s] for s in sets} for name, _, values, *_ in runs}
     averages, counts = {}, {}
-    for method in methods:
-        averages[method], counts[method], left_out = average(method, table[method], sets, metric)
+    for method, (*_, rows) in zip(methods, runs):
+        averages[method], counts[method], left_out = average(method, table[method], sets, metric, rows)
         for message in left_out:
             warnings.warn(message, CompareWarning, stacklevel=2)
         notes += left_out
     sizes = {name: model_size(opt, macs_size) if opt and opt.get('network_g') else (None, None)
-             for name, _, _, opt in runs}
+             for name, _, _, opt, _ in runs}
 
     columns = ['method'] + sets + ['average', 'averaged_sets', 'params (M)'] + \
         ([f'GMACs {macs_size}²'] if macs_size else [])

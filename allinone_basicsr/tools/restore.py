@@ -56,7 +56,7 @@ from allinone_basicsr.tools.common import InputNotFoundError, UsageError
 from allinone_basicsr.tools.common import build_network as common_build_network
 from allinone_basicsr.tools.common import run
 from allinone_basicsr.utils.atomic import atomic_write
-from allinone_basicsr.utils.checkpoint import extract_state_dict, load_checkpoint
+from allinone_basicsr.utils.checkpoint import check_state_dict_fits, extract_state_dict, load_checkpoint
 from allinone_basicsr.utils.experiment import alive
 from allinone_basicsr.utils.options import OptionFileError, read_yaml
 
@@ -81,6 +81,7 @@ def build_network(opt, device):
     if not osp.isfile(path):
         raise FileNotFoundError(f'path.pretrain_network_g: no such file: {path}')
     state = extract_state_dict(load_checkpoint(path), (opt.get('path') or {}).get('param_key_g', 'params'), path)
+    check_state_dict_fits(net, state, True, path)  # one message, not torch's lists of every key
     net.load_state_dict(state, strict=True)
     return net.eval().to(device)
 
@@ -307,15 +308,38 @@ def write_png(target, bgr):
         raise OSError(f'cannot write {target} ({err.strerror or err})') from err
 
 
-def _reason(err):
+_ALLOCATION_FAILURES = ('out of memory', 'not enough memory', "can't allocate", 'cannot allocate')
+_ASKED = re.compile(r'(?:tried to allocate|Tried to allocate) (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)', re.I)
+
+
+def allocation_failure(err, tile=0):
+    """A hint for an allocation failure during restoration (``MemoryError``, ``torch.OutOfMemoryError`` / CUDA's, a
+    RuntimeError of the CPU allocator: "DefaultCPUAllocator: can't allocate memory" / "not enough memory"), else None:
+    the memory asked for when the message says it, and the ``--tile`` to use (512 for whole images, else half the
+    tile)."""
+    oom = getattr(torch, 'OutOfMemoryError', torch.cuda.OutOfMemoryError)
+    text = str(err)
+    if not isinstance(err, (MemoryError, oom)) and not (
+            isinstance(err, RuntimeError) and any(s in text.lower() for s in _ALLOCATION_FAILURES)):
+        return None
+    asked = _ASKED.search(text)
+    if asked:
+        number, unit = float(asked.group(1)), asked.group(2)
+        size = f'{number / 2**30:.2f} GiB' if unit.lower() == 'bytes' else f'{number:g} {unit}'
+        asked = f'it asked for {size} more'
+    advice = ('use --tile 512 (or smaller) to restore the image in tiles' if not tile else
+              f'use a smaller tile, e.g. --tile {max(tile // 2, 16)}')
+    return f'not enough memory ({asked or "the allocation failed"}): {advice}'
+
+
+def _reason(err, tile=0):
     if isinstance(err, ImageError):
         return err.reason
     if isinstance(err, OSError):
         return f'{err.strerror}: {err.filename}' if err.strerror and err.filename else str(err)
     reason = f'{type(err).__name__}: {err}'
-    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
-        reason += ' (try --tile 512, or smaller)'
-    return reason
+    hint = allocation_failure(err, tile)
+    return f'{hint} [{reason.splitlines()[0]}]' if hint else reason
 
 
 def _parser():
@@ -395,7 +419,7 @@ def main(argv=None):
         except Exception as err:  # one bad image must not stop the batch: reported here and in the summary
             if device.type == 'cuda':
                 torch.cuda.empty_cache()
-            failures.append((path, _reason(err)))
+            failures.append((path, _reason(err, tile)))
             tqdm.write(f'restore: failed: {path}: {failures[-1][1]}', file=sys.stderr)
             continue
         done += 1

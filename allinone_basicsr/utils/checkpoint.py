@@ -48,17 +48,39 @@ def load_checkpoint(path, logger=None, key='path.pretrain_network_g'):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        try:
-            offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a legacy (non-zip) file: the error message names the first one
-            offending = [str(err).split('GLOBAL ')[-1].split(' ')[0]] if 'GLOBAL ' in str(err) else []
-        allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
-        offending = [g for g in offending if g not in allowed] or ['(see the message below)']
         raise UnsafeCheckpointError(
-            f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({", ".join(offending)}); '
+            f'{key}: {path} holds Python objects that only a full unpickle can rebuild ({_offending(path, err)}); '
             'loading it could run code from the file, so it is refused. If you trust its source, convert it once to '
             f'a weights-only file: python -m allinone_basicsr.tools.convert {path} CONVERTED.pth --trust-pickle, then '
             f'point {key} at CONVERTED.pth.') from None
+
+
+def _offending(path, err):
+    """The globals (beyond :data:`SAFE_GLOBALS`) that the file at ``path`` needs, as text, from torch's refusal
+    ``err``."""
+    try:
+        offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: the error message names the first one
+        offending = [str(err).split('GLOBAL ')[-1].split(' ')[0]] if 'GLOBAL ' in str(err) else []
+    allowed = {f'{g.__module__}.{g.__qualname__}' for g in SAFE_GLOBALS}
+    return ', '.join([g for g in offending if g not in allowed] or ['objects torch does not name'])
+
+
+def load_training_state(path, what='training state'):
+    """A training state (``training_states/<iter>.state``) or the network file saved with it, ``torch.load``-ed on
+    the CPU with ``weights_only=True``. One that holds pickled Python objects is refused with an
+    :class:`UnsafeCheckpointError` naming the file and the objects, and our advice instead of torch's (which is to
+    unpickle it fully: never for a file of unknown origin): the training writes only tensors and numbers, so such
+    a file was written by another program or altered; resume from another state or start from weights."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f'{what} {path} holds Python objects that only a full unpickle can rebuild ({_offending(path, err)}); '
+            'loading it could run code from the file, so it is refused. The training writes only tensors and numbers '
+            'there: this file was written by another program or altered. Resume from another state (remove this one '
+            'and --auto_resume takes the one before), or start afresh from a trusted weights file '
+            '(path.pretrain_network_g).') from None
 
 
 # Frozen submodules that official checkpoints save beside the network's own weights, which our archs hold outside
@@ -144,8 +166,36 @@ def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
     return split_embedded(strip_prefix(state))
 
 
-def check_state_dict_fits(net, state, strict, load_path):
-    """A clear error for a checkpoint of another arch or config: name the first mismatching keys and shapes."""
+_SYMUNET = {'intro', 'ending', 'encoders', 'downs', 'ups', 'decoders', 'middle_blks'}
+_PROMPT = {'patch_embed', 'encoder_level1', 'encoder_level2', 'encoder_level3', 'latent', 'down1_2', 'down2_3',
+           'down3_4', 'up4_3', 'up3_2', 'up2_1', 'decoder_level1', 'decoder_level2', 'decoder_level3',
+           'reduce_chan_level2', 'reduce_chan_level3', 'prompt1', 'prompt2', 'prompt3', 'noise_level1', 'noise_level2',
+           'noise_level3', 'reduce_noise_level1', 'reduce_noise_level2', 'reduce_noise_level3', 'refinement', 'output'}
+# The top-level modules of each of the plugin's archs, as their state dicts name them (the first part of a key).
+ARCH_SIGNATURES = {
+    'SymUNet': _SYMUNET,
+    'SESymUNet': _SYMUNET | {'middle_guide_attention', 'middle_refine_attention', 'decoder_guide_attentions',
+                             'decoder_refine_attentions'},
+    'DaAIR': {'patch_embed', 'encoders', 'downs', 'ups', 'decoders', 'fusions', 'refinement', 'output'},
+    'PromptIR': _PROMPT | {'chnl_reduce1', 'chnl_reduce2', 'chnl_reduce3', 'reduce_noise_channel_1',
+                           'reduce_noise_channel_2', 'reduce_noise_channel_3'},
+    'PromptDSANet': _PROMPT | {'prompt_net', 'pim_convs'},
+}
+
+
+def guess_arch(keys):
+    """The arch of :data:`ARCH_SIGNATURES` whose top-level modules best match those of the state dict ``keys``
+    (Jaccard similarity of the first key parts, at least 0.75), or None when none does."""
+    top = {k.split('.')[0] for k in keys}
+    scores = {arch: len(top & names) / len(top | names) for arch, names in ARCH_SIGNATURES.items()}
+    best = max(scores, key=scores.get) if top else None
+    return best if best and scores[best] >= 0.75 else None
+
+
+def check_state_dict_fits(net, state, strict, load_path, key='path.pretrain_network_g'):
+    """A clear error for a checkpoint of another arch or config, in one message: the file, the arch the options
+    build, the arch the file's keys look like (:func:`guess_arch`, when another one), and the count of mismatching,
+    missing and unexpected keys with the first three of each."""
     own = net.state_dict()
     wrong = [f'{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}'
              for k, v in state.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
@@ -155,5 +205,9 @@ def check_state_dict_fits(net, state, strict, load_path):
         parts = [f'{name} ({len(keys)}): {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                  for name, keys in (('shape mismatch', wrong), ('missing in the checkpoint', missing),
                                     ('not in the network', unexpected)) if keys]
-        raise ValueError(f'path.pretrain_network_g: {load_path} does not fit {net.__class__.__name__} '
-                         f'(another arch or network_g config?). ' + '; '.join(parts))
+        arch, seems = net.__class__.__name__, guess_arch(state)
+        why = (f'the file seems to be a {seems} checkpoint: set network_g.type (and its options) to match, or point '
+               f'{key} at a {arch} file' if seems and seems != arch else
+               'another arch or network_g config? network_g must describe the network the file was saved from')
+        raise ValueError(f'{key}: {load_path} does not fit {arch} (the network network_g builds); {why}. '
+                         + '; '.join(parts))

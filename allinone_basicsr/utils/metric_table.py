@@ -3,6 +3,10 @@ logged and written as ``metrics.csv`` / ``metrics.md``.
 
 ``AllInOneModel`` scores every image with :func:`score`, averages a set's scores and hands the set's row to a
 :class:`MetricTable`, which knows when a round is complete. The formatting helpers are used by ``compare`` too.
+
+A row records its set's ``fingerprint`` (what the images are, :func:`set_fingerprint`), so that ``compare`` can
+tell two sets of one name apart. A set with an inf / NaN value in any column is left out of the Average of every
+column (its PSNR and SSIM alike), and the table names it.
 """
 import csv
 import math
@@ -75,9 +79,18 @@ class SetScores:
         return calculate_metric({'task_logits': task_logits, 'degradation': degradation}, metric_opt)
 
 
-def set_row(name, degradation, count, results, inputs):
+def set_fingerprint(dataset):
+    """The identity of a val/test set's data as its row records it (``fingerprint`` column of ``metrics.csv``, checked
+    by ``tools/compare``): the dataset's own ``fingerprint()`` (``AllInOneTestDataset``: a hash of every image's bytes
+    and the noise level), or None for datasets without one (stock BasicSR datasets)."""
+    method = getattr(dataset, 'fingerprint', None)
+    return method() if callable(method) else None
+
+
+def set_row(name, degradation, count, results, inputs, fingerprint=None):
     """A set's row: its averages ``results`` (metric -> value), each preceded by the degraded input's score when
-    ``inputs`` has it, and for PSNR-like metrics followed by the gain over the input."""
+    ``inputs`` has it, and for PSNR-like metrics followed by the gain over the input; last, the data's
+    ``fingerprint`` (:func:`set_fingerprint`) when known."""
     row = OrderedDict(test_set=name, degradation=degradation, images=count)
     for metric, value in results.items():
         if metric in inputs:
@@ -85,6 +98,8 @@ def set_row(name, degradation, count, results, inputs):
         row[metric] = value
         if metric in inputs and 'psnr' in metric.lower():
             row[f'gain_{metric}'] = value - inputs[metric]
+    if fingerprint:
+        row['fingerprint'] = fingerprint
     return row
 
 
@@ -109,10 +124,11 @@ class MetricTable:
         if self.iteration != iteration or len(self.rows) >= len(self.expected):
             self.iteration, self.rows = iteration, OrderedDict()
         self.rows[row['test_set']] = row
-        for key, value in row.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                get_root_logger().warning(f'Test set {row["test_set"]}: {key} is {value}; left out of the average. '
-                                          + INF_HINT)
+        bad = [f'{key} is {value}' for key, value in row.items()
+               if isinstance(value, float) and not math.isfinite(value)]
+        if bad:
+            get_root_logger().warning(f'Test set {row["test_set"]}: {", ".join(bad)}; the set is left out of the '
+                                      'Average (of every metric). ' + INF_HINT)
         rows = list(self.rows.values())
         write_metric_table(rows, self.folder, self.name)
         if len(rows) >= len(self.expected):
@@ -141,21 +157,36 @@ def finite_mean(values):
     return sum(kept) / len(kept) if kept else None
 
 
+def finite_row(row, columns=None):
+    """Whether every float of ``row`` (of ``columns``, default all) is finite: a set whose row is not is left out of
+    every average, so that the Average's PSNR and SSIM cover the same sets."""
+    return all(math.isfinite(v) for k, v in row.items()
+               if isinstance(v, float) and (columns is None or k in columns))
+
+
 def average_row(rows):
-    """The mean of every numeric column over the sets, finite values only (an inf / NaN set is left out)."""
+    """The mean of every numeric column over the sets whose values are all finite (:func:`finite_row`: a set with
+    an inf / NaN in any column is left out of every column's mean, and of ``images``); NaN where no set is left."""
     numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in rows))
+    kept = [r for r in rows if finite_row(r)]
+    avg = OrderedDict(test_set='Average', degradation='', images=sum(r['images'] for r in kept))
     for key in numeric:
-        mean = finite_mean(r.get(key) for r in rows)
+        mean = finite_mean(r.get(key) for r in kept)
         avg[key] = float('nan') if mean is None else mean
     return avg
 
 
+def _columns(rows):
+    """Every column of ``rows`` in first-seen order (a set of a stock dataset has no ``fingerprint``)."""
+    return list(OrderedDict((k, None) for r in rows for k in r))
+
+
 def format_metric_table(rows):
     """Markdown table of per-set rows plus their average (PSNR-like values with 2 decimals, SSIM with 4); a value
-    that is not finite is flagged and a note says it is left out of the average."""
+    that is not finite is flagged and a note names the sets left out of the Average (``fingerprint`` is in the CSV
+    only)."""
     rows = list(rows) + [average_row(rows)]
-    columns = list(rows[0].keys())
+    columns = [c for c in _columns(rows) if c != 'fingerprint']
     flagged = []
 
     def fmt(row, key, value):
@@ -170,7 +201,9 @@ def format_metric_table(rows):
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     lines += ['| ' + ' | '.join(fmt(r, c, r.get(c, '')) for c in columns) + ' |' for r in rows]
     if flagged:
-        lines += ['', f'(!) not finite, left out of the Average: {", ".join(flagged)}. ' + INF_HINT]
+        left_out = list(OrderedDict((r['test_set'], None) for r in rows[:-1] if not finite_row(r)))
+        lines += ['', f'(!) not finite: {", ".join(flagged)}. Left out of the Average (every column): '
+                  f'{", ".join(left_out)}. ' + INF_HINT]
     return '\n'.join(lines)
 
 
@@ -180,7 +213,7 @@ def write_metric_table(rows, folder, name):
     os.makedirs(folder, exist_ok=True)
     all_rows = list(rows) + [average_row(rows)]
     with open(osp.join(folder, 'metrics.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(all_rows[0].keys()))
+        writer = csv.DictWriter(f, fieldnames=_columns(all_rows))
         writer.writeheader()
         writer.writerows(all_rows)
     with open(osp.join(folder, 'metrics.md'), 'w') as f:

@@ -153,6 +153,7 @@ def load_resume_state(opt, notices=None):
     (the stock pipeline) it goes to the ``basicsr`` logger as it is (stderr at least).
     """
     from basicsr.utils import check_resume, scandir
+    from .checkpoint import load_training_state
     from .options import check_training_state
 
     if opt['auto_resume']:
@@ -163,9 +164,9 @@ def load_resume_state(opt, notices=None):
             path = os.path.join(state_path, f'{it}.state')
             model_path = os.path.join(os.path.dirname(state_path), 'models', f'net_g_{it}.pth')
             try:
-                resume_state = torch.load(path, map_location='cpu', weights_only=True)
+                resume_state = load_training_state(path)
                 check_training_state(resume_state, path)
-                torch.load(model_path, map_location='cpu', weights_only=True)
+                load_training_state(model_path, 'network file')
             except Exception as error:  # truncated or corrupt: fall back to the one before
                 notice = (f'auto_resume: skipping unreadable training state {path} or {model_path} '
                           f'({type(error).__name__}: {error}); trying the previous one')
@@ -184,7 +185,7 @@ def load_resume_state(opt, notices=None):
         return None
     if not os.path.isfile(resume_state_path):
         raise FileNotFoundError(f'path.resume_state: no such file: {resume_state_path}')
-    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+    resume_state = load_training_state(resume_state_path, 'path.resume_state: training state')
     check_training_state(resume_state, resume_state_path)
     check_resume(opt, resume_state['iter'])
     return resume_state

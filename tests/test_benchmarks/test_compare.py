@@ -16,15 +16,16 @@ ROWS = {'run_a': {'set1': 30.5, 'set2': 20.25}, 'run_b': {'set1': 31.0, 'set2': 
 NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1]}
 
 
-def _write_run(folder, values, yml=True, average=None):
-    """A results/<name> folder as allinone_basicsr.test writes it; ``average`` overrides the Average row's value
-    (to tell compare's own average from the run's); without ``yml``, no option file (no model to build)."""
+def _write_run(folder, values, yml=True, average=None, ssim=0.5):
+    """A results/<name> folder as allinone_basicsr.test writes it (each set's fingerprint: one per set name);
+    ``average`` overrides the Average row's value (to tell compare's own average from the run's); without ``yml``,
+    no option file (no model to build)."""
     folder.mkdir(parents=True)
     with open(folder / 'metrics.csv', 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(['test_set', 'degradation', 'images', 'psnr', 'ssim'])
+        writer.writerow(['test_set', 'degradation', 'images', 'psnr', 'ssim', 'fingerprint'])
         for name, value in values.items():
-            writer.writerow([name, 'noise', 3, value, 0.5])
+            writer.writerow([name, 'noise', 3, value, ssim, f'sha256:{name}'])
         writer.writerow(['Average', '', 6, sum(values.values()) / len(values) if average is None else average, 0.5])
     if yml:
         (folder / 'test.yml').write_text(yaml.safe_dump({'name': folder.name, 'network_g': NET}))
@@ -222,3 +223,80 @@ def test_command_line_errors_are_one_message_and_warnings_one_line(tmp_path, mon
             compare.cli()
     assert exit_.value.code == 0 and compare.warnings.showwarning is hook  # no global hook left behind
     assert 'compare: warning: run_c / set1: psnr is inf, left out of the average' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_set_of_the_same_name_with_other_images_is_refused(tmp_path):
+    """Two real test runs (``allinone_basicsr.test``) whose ``demo_rain`` holds the rain pairs in one and the haze
+    pairs in the other: compare refuses, naming the set and both runs; a third run on the rain pairs (a copy of the
+    LMDBs elsewhere) compares with the first as before; --common-sets leaves the differing set out."""
+    import shutil
+    from pathlib import Path
+
+    from make_demo_data import build_demo_data
+    from pipeline_util import run_python
+
+    repo = Path(__file__).resolve().parents[2]
+    build_demo_data(str(tmp_path / 'datasets' / 'demo'), seed=0)
+    shutil.copytree(tmp_path / 'datasets' / 'demo' / 'test', tmp_path / 'copy')
+    with open(repo / 'options' / 'demo' / 'test_symunet_demo.yml') as f:
+        base = yaml.safe_load(f)
+    sources = {'rain': ('datasets/demo/test/rain_lq.lmdb', 'datasets/demo/test/rain_gt.lmdb'),
+               'haze': ('datasets/demo/test/haze_lq.lmdb', 'datasets/demo/test/haze_gt.lmdb'),
+               'copy': ('copy/rain_lq.lmdb', 'copy/rain_gt.lmdb')}
+    for run, source in (('run_rain', 'rain'), ('run_haze', 'haze'), ('run_copy', 'copy')):
+        opt = dict(base, name=run, network_g=dict(NET, restormer_heads=[1, 2, 4], restormer_middle_heads=8))
+        opt['path'] = {'pretrain_network_g': None}
+        opt['datasets'] = {'test_1': dict(base['datasets']['test_1_noise15']),
+                           'test_2': dict(base['datasets']['test_4_rain'], dataroot_lq=sources[source][0],
+                                          dataroot_gt=sources[source][1])}
+        (tmp_path / f'{run}.yml').write_text(yaml.safe_dump(opt))
+        run_python(['-m', 'allinone_basicsr.test', '-opt', f'{run}.yml'], tmp_path, timeout=300, threads=1)
+    with open(tmp_path / 'results' / 'run_rain' / 'metrics.csv') as f:
+        fingerprints = {r['test_set']: r['fingerprint'] for r in csv.DictReader(f)}
+    assert fingerprints['demo_sigma15'].startswith('sha256:') and fingerprints['Average'] == ''
+
+    refused = run_python(['-m', 'allinone_basicsr.tools.compare', 'results/run_rain', 'results/run_haze',
+                          '--out', 'cmp1'], tmp_path, check=False, timeout=300, threads=1)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    assert message.startswith("compare: error: test set 'demo_rain' holds different data in run_rain "
+                              "(results/run_rain, sha256:"), message
+    assert 'and in run_haze (results/run_haze, sha256:' in message and '--common-sets' in message
+    assert 'demo_sigma15' not in message and not (tmp_path / 'cmp1').exists()
+
+    same = run_python(['-m', 'allinone_basicsr.tools.compare', 'results/run_rain', 'results/run_copy',
+                       '--out', 'cmp2'], tmp_path, timeout=300, threads=1)
+    assert 'warning' not in same.stderr, same.stderr[-2000:]
+    rows = _csv_rows(tmp_path / 'cmp2')
+    assert rows['run_rain']['demo_rain'] == rows['run_copy']['demo_rain'] and rows['run_rain']['averaged_sets'] == '2'
+
+    common = run_python(['-m', 'allinone_basicsr.tools.compare', 'results/run_rain', 'results/run_haze',
+                         '--out', 'cmp3', '--common-sets'], tmp_path, timeout=300, threads=1)
+    assert "compare: warning: test set 'demo_rain' holds different data" in common.stderr
+    assert list(_csv_rows(tmp_path / 'cmp3')['run_haze'])[:3] == ['method', 'demo_sigma15', 'average']
+    md = (tmp_path / 'cmp3' / 'compare.md').read_text()
+    assert '--common-sets: left out demo_rain (different data under one name)' in md
+
+
+def test_runs_without_fingerprints_are_compared_by_name_with_a_notice(tmp_path, capsys):
+    for name in ('old_a', 'old_b'):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / 'metrics.csv').write_text('test_set,degradation,images,psnr\nset1,noise,3,30.0\n')
+    from allinone_basicsr.tools import compare
+    with pytest.raises(SystemExit) as exit_:
+        compare.cli([str(tmp_path / 'old_a'), str(tmp_path / 'old_b'), '--out', str(tmp_path / 'cmp')])
+    assert exit_.value.code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'compare: warning: {n} ({tmp_path / n}): no test-set fingerprint in its metrics.csv (an older '
+                   'file, or a stock dataset) for set1: compared by name only' for n in ('old_a', 'old_b')]
+
+
+def test_a_set_with_an_inf_is_left_out_of_every_metric_average(tmp_path):
+    _write_run(tmp_path / 'run_a', {'set1': 30.5, 'set2': math.inf}, yml=False, ssim=0.5)
+    out = tmp_path / 'cmp'
+    with pytest.warns(CompareWarning, match=r'run_a / set2: ssim 0.5000 left out of the average: the set has psnr '
+                                            r'inf'):
+        main([str(tmp_path / 'run_a'), '--out', str(out), '--metric', 'ssim'])
+    assert _csv_rows(out)['run_a']['averaged_sets'] == '1'

@@ -348,3 +348,89 @@ def test_unknown_precision_in_the_option_file_is_a_usage_error(tmp_path, opt_fil
     with pytest.raises(restore.UsageError, match=r"val.amp: 'int8' is not a precision; valid: bf16, fp16"):
         main(['-opt', str(bad), '--input', str(tmp_path / 'in.png'), '--output', str(tmp_path / 'out')])
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_checkpoint_of_another_arch_is_one_message(tmp_path):
+    """A SymUNet option file with a DaAIR checkpoint: one line naming the file, the arch the options build, the arch
+    the file is for and the key counts with a few examples, not torch's lists of every key."""
+    from allinone_basicsr.archs.daair_arch import DaAIR
+    daair = DaAIR(dim=8, num_blocks=[1, 1, 1, 1], num_dec_blocks=[1, 1, 1], num_refinement_blocks=1,
+                  heads=[1, 1, 2, 2], rank_ratio=4, expert_kernel_size=3)
+    torch.save({'params': daair.state_dict()}, tmp_path / 'daair.pth')
+    opt = tmp_path / 'test.yml'
+    opt.write_text(yaml.safe_dump({'network_g': TINY, 'path': {'pretrain_network_g': str(tmp_path / 'daair.pth')}}))
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'a.png').write_bytes(_encoded('.png'))
+    proc = run_python(['-m', 'allinone_basicsr.tools.restore', '-opt', str(opt), '--input', str(tmp_path / 'in'),
+                       '--output', str(tmp_path / 'out'), '--device', 'cpu'], check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('restore: error:')]
+    assert len(lines) == 1 and 'Missing key(s)' not in proc.stderr and 'Unexpected key(s)' not in proc.stderr
+    message = lines[0]
+    assert f'{tmp_path / "daair.pth"} does not fit SymUNet (the network network_g builds)' in message
+    assert 'the file seems to be a DaAIR checkpoint' in message
+    ours, theirs = set(SymUNet(**{k: v for k, v in TINY.items() if k != 'type'}).state_dict()), set(daair.state_dict())
+    assert f'missing in the checkpoint ({len(ours - theirs)}): intro.weight, intro.bias, ending.weight ...' in message
+    assert f'not in the network ({len(theirs - ours)}): patch_embed.proj.weight, ' in message
+    assert not (tmp_path / 'out').exists()
+
+
+ALLOCATION_FAILURES = {  # how the allocators say it (CPU on Linux, CPU on Windows, CUDA)
+    'cpu': "RuntimeError('[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can\\'t allocate memory: "
+           "you tried to allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)')",
+    'windows': "RuntimeError('DefaultCPUAllocator: not enough memory: you tried to allocate 1073741824 bytes.')",
+    'cuda': "torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total "
+            "capacity of 79.10 GiB of which 1.2 GiB is free.')",
+}
+
+
+def test_an_allocation_failure_says_use_tile(tmp_path, opt_file, monkeypatch, capsys):
+    """The network's forward raising the allocators' errors (emulated): the failure names the memory asked for and
+    says to use --tile (a smaller one when already tiling); once as a user runs it, then each allocator's wording."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(_encoded('.png', h=64, w=64))
+    code = ('import sys, torch\n'
+            'from allinone_basicsr.archs.symunet_arch import SymUNet\n'
+            'def forward(self, *args, **kwargs):\n'
+            f'    raise {ALLOCATION_FAILURES["cpu"]}\n'
+            'SymUNet.forward = forward\n'
+            'from allinone_basicsr.tools.restore import cli\n'
+            'cli(sys.argv[1:])\n')
+    proc = run_python(['-c', code, '-opt', str(opt_file), '--input', str(folder), '--output', str(tmp_path / 'out'),
+                       '--device', 'cpu'], check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _failures(proc.stderr)['a.png'].startswith('not enough memory (it asked for 3.00 GiB more): use --tile 512 '
+                                                      '(or smaller) to restore the image in tiles [RuntimeError: ')
+    for kind, asked in (('cpu', '3.00 GiB'), ('windows', '1.00 GiB'), ('cuda', '2.5 GiB')):
+        def forward(self, *args, **kwargs):
+            raise eval(ALLOCATION_FAILURES[kind])
+
+        monkeypatch.setattr(SymUNet, 'forward', forward)
+        for extra, advice in (([], 'use --tile 512 (or smaller)'), (['--tile', '32'], 'use a smaller tile, e.g. '
+                                                                                      '--tile 16')):
+            with pytest.raises(SystemExit):
+                _run(opt_file, folder, tmp_path / f'out_{kind}{len(extra)}', *extra)
+            reason = _failures(capsys.readouterr().err)['a.png']
+            assert reason.startswith(f'not enough memory (it asked for {asked} more): {advice}'), reason
+
+
+def test_a_corrupt_but_complete_jpeg_is_not_called_truncated(tmp_path, opt_file):
+    """A JPEG whose Huffman table segment claims more bytes than the file has (the file itself complete, ending with
+    its end-of-image marker): 'corrupt JPEG', where Pillow's 'Truncated File Read' made it 'truncated'; a JPEG that
+    lost its end is still 'truncated'."""
+    data = bytearray(_encoded('.jpg', h=64, w=80))
+    table = data.find(b'\xff\xc4')
+    data[table + 2:table + 4] = (0x7009).to_bytes(2, 'big')  # the segment's length, past the end of the file
+    assert data.endswith(b'\xff\xd9')
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    (folder / 'corrupt.jpg').write_bytes(bytes(data))
+    (folder / 'cut.jpg').write_bytes(_encoded('.jpg', h=64, w=80)[:-2])
+    proc = run_python(['-m', 'allinone_basicsr.tools.restore', '-opt', str(opt_file), '--input', str(folder),
+                       '--output', str(tmp_path / 'out'), '--device', 'cpu'], check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    reasons = _failures(proc.stderr)
+    assert reasons['corrupt.jpg'] == ('corrupt JPEG (the file is complete, it ends with its end-of-image marker, but '
+                                      'its data is damaged: Truncated File Read)')
+    assert reasons['cut.jpg'].startswith('truncated JPEG')

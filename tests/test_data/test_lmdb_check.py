@@ -144,3 +144,33 @@ def test_training_loader_exits_with_the_message_not_a_signal(lmdbs, kind, worker
     if kind == 'ours':
         assert "datasets.train (name 'x'): tasks[0].dataroot_lq: LMDB" in proc.stderr
     assert 'read every batch' not in proc.stdout
+
+
+def test_a_damaged_record_is_named_with_how_to_repack(lmdbs, tmp_path):
+    """A complete LMDB whose record 'im3' was overwritten in the middle (a disk or copy error, not a truncation): the
+    training loader stops with the LMDB, the key and how to re-pack it. A meta_info listing keys the LMDB lacks is
+    refused when the dataset is built (the cheap start check: every key and its length), not when first drawn."""
+    damaged = str(tmp_path / 'damaged.lmdb')
+    shutil.copytree(lmdbs['lq'], damaged)
+    from allinone_basicsr.utils.lmdb import checked_lmdb
+    with checked_lmdb(lmdbs['lq']) as env, env.begin() as txn:
+        record = txn.get(b'im3')
+    data_file = osp.join(damaged, 'data.mdb')
+    with open(data_file, 'rb') as f:
+        offset = f.read().index(record)
+    with open(data_file, 'r+b') as f:
+        f.seek(offset + len(record) // 2)
+        f.write(bytes(range(256)) * 4)
+    proc = run_python(['-c', ITERATE, 'ours', damaged, lmdbs['gt'], '0'], lmdbs['root'], check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"LMDB {damaged}: record 'im3' is damaged (cannot decode image 'im3'" in proc.stderr, proc.stderr[-3000:]
+    assert 'copy it again from its source, or re-pack it from its image folder (datasets_prep/prepare_' in proc.stderr
+
+    stale = str(tmp_path / 'stale.lmdb')
+    shutil.copytree(lmdbs['lq'], stale)
+    with open(osp.join(stale, 'meta_info.txt'), 'a') as f:
+        f.write('im6.png (64,64,3) 1\nim7.png (64,64,3) 1\n')
+    with pytest.raises(ValueError) as err:
+        MixedDegradationDataset(_train_opt(stale, lmdbs['gt']))
+    assert str(err.value).startswith(f"datasets.train (name 'x'): tasks[1].dataroot_lq: LMDB {stale}: 2 key(s) of "
+                                     "its meta_info are not in the LMDB ('im6', 'im7'; it holds 6 records)")

@@ -203,3 +203,25 @@ def test_full_option_files_read_the_prepared_data(prepared, monkeypatch):
             if name != 'train':
                 item = AllInOneTestDataset(dict(val, phase='val'))[0]
                 assert item['lq'].shape == item['gt'].shape
+
+
+def test_rerun_over_a_raw_tree_that_gained_pairs_rebuilds_the_stale_lmdbs(tmp_path):
+    """The real script, re-run after a rain pair was added to the raw tree (and its list): the rain LMDBs are named
+    as stale on stderr and rebuilt with the new pair; the others are skipped as before."""
+    raw = make_raw_3task(str(tmp_path / 'raw'), small=True)
+    out = tmp_path / 'datasets'
+    script = [str(REPO / 'datasets_prep/prepare_3task.py'), '--raw', raw, '--out', str(out), '--workers', '1']
+    run_python(script, timeout=300)
+    pair = cv2.imread(osp.join(raw, 'Train/Derain/gt/norain-1.png'))
+    for folder, name in (('rainy', 'rain-4.png'), ('gt', 'norain-4.png')):
+        cv2.imwrite(osp.join(raw, 'Train/Derain', folder, name), pair)
+    with open(osp.join(raw, 'data_dir/rainy/rainTrain.txt'), 'a') as f:
+        f.write('rainy/rain-4.png\n')
+    proc = run_python(script, timeout=300)
+    for lmdb_name in ('rain_lq', 'rain_gt'):
+        assert (f'WARNING: {out}/train/{lmdb_name}.lmdb is stale: the raw tree gives 4 source(s), it was built from 3; '
+                '1 key(s) not in it (e.g. rain-4)') in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.count('exists, skipped') == 5 and proc.stdout.count('stale, rebuilt') == 1
+    assert sorted(read_lmdb(out / 'train/rain_lq.lmdb')[1]) == ['rain-1', 'rain-2', 'rain-3', 'rain-4']
+    again = run_python(script, timeout=300)
+    assert again.stdout.count('exists, skipped') == 6 and 'WARNING' not in again.stderr

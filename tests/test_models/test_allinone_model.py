@@ -230,10 +230,12 @@ def test_images_saved_during_training_are_kept_per_test_set(tmp_path):
 
 def test_infinite_scores_are_flagged_and_left_out_of_the_average(tmp_path, caplog):
     """A test set whose LQ is its GT (dataroot_lq pointing at the GT) scores an infinite input PSNR: the table flags
-    it, the average leaves it out, and a warning names the set."""
+    it, the average leaves the set out of every column (its finite PSNR and SSIM too, so that all averages cover the
+    same sets), the table names it, and a warning names the set."""
     opt = dict(make_opt(tmp_path, TINY), is_train=False, datasets={'test_1': {}, 'test_2': {}},
                path={'results_root': str(tmp_path / 'res'), 'visualization': str(tmp_path / 'vis')},
-               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'}}})
+               val={'pbar': False, 'metrics': {'psnr': {'type': 'calculate_psnr_aio'},
+                                               'ssim': {'type': 'calculate_ssim_aio'}}})
     model = build_model(opt)
     torch.manual_seed(0)
     gt = torch.rand(1, 3, 12, 12)
@@ -244,11 +246,13 @@ def test_infinite_scores_are_flagged_and_left_out_of_the_average(tmp_path, caplo
     with open(tmp_path / 'res' / 'metrics.csv') as f:
         rows = {r['test_set']: r for r in csv.DictReader(f)}
     assert rows['lq_is_gt']['input_psnr'] == 'inf'
-    assert float(rows['Average']['input_psnr']) == pytest.approx(float(rows['fine']['input_psnr']))
-    assert math.isfinite(float(rows['Average']['psnr']))
+    assert math.isfinite(float(rows['lq_is_gt']['psnr'])) and math.isfinite(float(rows['lq_is_gt']['ssim']))
+    for column in ('input_psnr', 'psnr', 'ssim', 'input_ssim', 'images'):
+        assert float(rows['Average'][column]) == float(rows['fine'][column]), column
     table = (tmp_path / 'res' / 'metrics.md').read_text()
-    assert 'inf (!)' in table and 'left out of the Average: lq_is_gt input_psnr' in table
-    assert 'Test set lq_is_gt: input_psnr is inf; left out of the average' in caplog.text
+    assert 'inf (!)' in table and 'not finite: lq_is_gt input_psnr' in table
+    assert 'Left out of the Average (every column): lq_is_gt.' in table
+    assert 'Test set lq_is_gt: input_psnr is inf, gain_psnr is -inf; the set is left out of the Average' in caplog.text
     assert 'the LQ images are the GT' in caplog.text
 
 

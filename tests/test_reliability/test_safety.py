@@ -90,6 +90,17 @@ def test_hostile_training_state_is_skipped_on_resume(workdir):
     proc = run(['-m', 'allinone_basicsr.train', '-opt', 'r.yml', '--auto_resume'], workdir)
     assert 'skipping unreadable training state' in proc.stderr and '4.state' in proc.stderr
     assert not marker.exists()
+    # the advice is ours (resume from another state), never torch's (unpickle it with weights_only=False)
+    advice = 'holds Python objects that only a full unpickle can rebuild (posix.system)'
+    assert f'training state {state} {advice}' in proc.stderr and 'Resume from another state' in proc.stderr
+    assert 'weights_only' not in proc.stderr
+    hostile(state, marker, iter=4, epoch=0, optimizers=[], schedulers=[])  # the resumed run wrote a new 4.state
+    opt = options('train', 'resume_evil')
+    opt['path']['resume_state'] = str(state)
+    proc = run(['-m', 'allinone_basicsr.train', '-opt', write(workdir, 'r2.yml', opt)], workdir, check=False)
+    assert proc.returncode != 0 and not marker.exists()
+    assert f'path.resume_state: training state {state} {advice}' in proc.stderr, proc.stderr[-2000:]
+    assert 'weights_only' not in proc.stderr
 
 
 def test_non_torch_files_are_refused_before_unpickling(tmp_path, monkeypatch):
