@@ -2,6 +2,7 @@
 closest valid key (train, test, recipe, table), while stock BasicSR files keep passing; empty and binary files, a
 name that is a path, persistent_workers without workers and crop_to_multiple beyond an image are one clear error
 naming the file or the option key, never a traceback."""
+import re
 from pathlib import Path
 
 import cv2
@@ -242,8 +243,8 @@ PNG = b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x01'  # the start of an image gi
 @pytest.mark.slow
 @pytest.mark.parametrize('tool,content,message', [
     ('train', b'', 'is empty'), ('train', PNG, 'is not a YAML mapping'), ('recipe', b'', 'is empty'),
-    ('recipe', b'- a list\n', 'is not a YAML mapping'), ('table', PNG, 'is not a YAML mapping')],
-    ids=['train-empty', 'train-binary', 'recipe-empty', 'recipe-list', 'table-binary'])
+    ('recipe', PNG, 'is not a YAML mapping'), ('table', PNG, 'is not a YAML mapping')],
+    ids=['train-empty', 'train-binary', 'recipe-empty', 'recipe-binary', 'table-binary'])
 def test_empty_or_binary_yaml_is_one_error_naming_the_file(tmp_path, tool, content, message):
     (tmp_path / 'bad.yml').write_bytes(content)
     args = {'train': ['-m', 'allinone_basicsr.train', '-opt', 'bad.yml'],
@@ -255,6 +256,17 @@ def test_empty_or_binary_yaml_is_one_error_naming_the_file(tmp_path, tool, conte
     assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize('content,message', [
+    (b'', 'is empty'), (b'- a list\n', 'is not a YAML mapping (it holds a list'),
+    (PNG, 'is not a YAML mapping (binary data'), (b'name: x\x00\x01\n', 'is not a YAML mapping (binary data')],
+    ids=['empty', 'list', 'not-utf8', 'control-characters'])
+def test_read_yaml_of_a_whole_option_file_names_what_is_wrong(tmp_path, content, message):
+    from allinone_basicsr.utils.options import OptionFileError, read_yaml
+    (tmp_path / 'bad.yml').write_bytes(content)
+    with pytest.raises(OptionFileError, match=re.escape(f'{tmp_path / "bad.yml"}: {message}')):
+        read_yaml(str(tmp_path / 'bad.yml'), mapping=True)
+
+
 @pytest.mark.slow
 def test_a_name_that_is_a_path_is_refused_before_any_folder_is_made(tmp_path):
     work = tmp_path / 'work'
@@ -263,9 +275,9 @@ def test_a_name_that_is_a_path_is_refused_before_any_folder_is_made(tmp_path):
     opt['name'] = '../../escaped'
     write(work, 'x.yml', opt)
     proc = run_python(['-m', 'allinone_basicsr.train', '-opt', 'x.yml'], work, check=False, timeout=300, threads=1)
+    assert not (tmp_path / 'escaped').exists() and not (work / 'experiments').exists()
     assert proc.returncode == 2
     assert "option file x.yml: name: '../../escaped' is a path, not a name" in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / 'escaped').exists() and not (work / 'experiments').exists()
 
 
 @pytest.mark.slow
