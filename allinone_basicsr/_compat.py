@@ -18,8 +18,9 @@ Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on 
    (``data.lmdb_check``: a truncated ``data.mdb`` is an error naming the LMDB instead of a SIGBUS on the first read).
 
 5. Option files can run code: BasicSR's ``ordered_yaml`` loader is yaml's full loader, which executes
-   ``!!python/object/apply:...`` tags. BasicSR's parser gets ``utils.options.SafeOrderedLoader`` instead (the same
-   ordered mappings and types, Python tags refused naming the file and line).
+   ``!!python/object/apply:...`` tags. BasicSR's parser gets ``utils.options.OptionFileLoader`` instead (the same
+   ordered mappings and types, Python tags refused naming the file and line; an empty, binary or non-mapping file
+   is an error naming the file, not a TypeError inside the parser).
 
 ``apply()`` is idempotent and runs on ``import allinone_basicsr``, before anything imports basicsr.
 """
@@ -105,13 +106,13 @@ def _patch_lmdb_backend():
 def _patch_option_loader():
     """BasicSR's ``ordered_yaml`` loader is yaml's full (unsafe) one: an option file could run code. Its parser gets
     the safe ordered loader instead (same mappings and types; ``!!python/*`` tags refused, naming the file)."""
-    from allinone_basicsr.utils.options import SafeOrderedLoader
+    from allinone_basicsr.utils.options import OptionFileLoader
 
     import basicsr.utils.options as options
     original = options.ordered_yaml
 
     def ordered_yaml():
-        return SafeOrderedLoader, original()[1]
+        return OptionFileLoader, original()[1]
 
     options.ordered_yaml = ordered_yaml
 

@@ -12,8 +12,8 @@ import sys
 import yaml
 
 import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers archs, data, losses, metrics, models)
-from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
-from allinone_basicsr.utils.options import check_options, plain
+from allinone_basicsr.utils.cli import option_errors, parse_options, print_help_if_asked
+from allinone_basicsr.utils.options import check_option_file, plain
 
 import basicsr.test as basicsr_test
 from basicsr.utils.options import parse_options as basicsr_parse_options
@@ -26,7 +26,7 @@ def test_pipeline(root_path, argv=None):
 
     def parse(root, is_train=False):
         parsed['opt'], args = parse_options(root, is_train, argv)
-        check_options(parsed['opt'], is_train=is_train)  # types and values of every key, before anything runs
+        check_option_file(parsed['opt'], args.opt, is_train=is_train)  # keys, types and values, before anything runs
         return parsed['opt'], args
 
     basicsr_test.parse_options = parse
@@ -41,7 +41,8 @@ def main():
     print_help_if_asked('allinone-test', 'Score a model on the test sets of an option file: BasicSR\'s test_pipeline '
                         'with the all-in-one plugin registered. Prints and writes results/<name>/metrics.{md,csv}.',
                         train=False)
-    opt = test_pipeline(os.getcwd())
+    with option_errors('allinone-test'):  # a refused option file: one line naming the file and the key, status 2
+        opt = test_pipeline(os.getcwd())
     if opt['rank'] != 0:
         return
     folder = opt['path']['results_root']

@@ -36,9 +36,9 @@ import allinone_basicsr  # noqa: F401  (applies the basicsr fixes and registers 
 from allinone_basicsr.data.prefetch import LazyCPUPrefetcher, LazyCUDAPrefetcher
 from allinone_basicsr.models.optimization import check_schedule
 from allinone_basicsr.utils import heartbeat
-from allinone_basicsr.utils.cli import parse_options, print_help_if_asked
+from allinone_basicsr.utils.cli import option_errors, parse_options, print_help_if_asked
 from allinone_basicsr.utils.experiment import DEFAULT_LEASE, ExperimentLock, remove_temporaries
-from allinone_basicsr.utils.options import check_options
+from allinone_basicsr.utils.options import check_option_file
 from allinone_basicsr.utils.resume import (check_resume_data, load_resume_state, resumable_loader, resume_seed,
                                            run_record)
 
@@ -106,7 +106,7 @@ def train_pipeline(root_path, argv=None):
     opt['root_path'] = root_path
     beat = heartbeat.start_heartbeat(opt)  # distributed: a silent rank stops every rank, named (utils/heartbeat.py)
     try:
-        notes = check_options(opt, is_train=True)  # types and values of every key, before anything runs
+        notes = check_option_file(opt, args.opt, is_train=True)  # keys, types and values, before anything runs
         lock = ExperimentLock(root_path, opt['name'], lease=opt.get('lock_lease', DEFAULT_LEASE))  # rank 0 holds it
         if opt['rank'] == 0:
             notes = list(notes) + lock.acquire().notices  # a lock taken over: logged once the log file exists
@@ -250,7 +250,8 @@ def main():
     print_help_if_asked('allinone-train', "Train from an option file: BasicSR's training loop (same options, logs, "
                         'checkpoints, validation) with exact mid-epoch resume and distributed validation, the '
                         'all-in-one plugin registered.', train=True)
-    train_pipeline(os.getcwd())
+    with option_errors('allinone-train'):  # a refused option file: one line naming the file and the key, status 2
+        train_pipeline(os.getcwd())
 
 
 if __name__ == '__main__':

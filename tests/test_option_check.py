@@ -251,12 +251,15 @@ def test_test_option_files_need_no_train_section():
         check_options(opt, is_train=False)
 
 
-def test_unknown_keys_are_not_errors_here():
+def test_unknown_keys_are_errors_with_the_closest_key_datasets_left_to_the_datasets():
     opt = demo_train()
-    opt['my_key'] = 1
-    opt['train']['my_key'] = 'x'
-    opt['datasets']['train']['my_key'] = [1]
+    opt['datasets']['train']['my_key'] = [1]  # MixedDegradationDataset refuses it itself (test_bad_input.py)
     check_options(opt)
+    opt['train']['ema_decy'] = 0.999
+    opt['my_key'] = 1
+    with pytest.raises(ValueError, match=r"my_key: unknown key \(valid keys at the top level: \[.*'train'.*\]\); "
+                       r"train\.ema_decy: unknown key \(did you mean train\.ema_decay\?\)"):
+        check_options(opt)
 
 
 # ---------------------------------------------------------------------------------------------- messages

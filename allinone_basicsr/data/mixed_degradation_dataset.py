@@ -543,6 +543,7 @@ class AllInOneTestDataset(data.Dataset):
         self.task = str(opt.get('task', opt.get('name', 'test')))
         # the option files' rule for it (utils.option_types), for sets built without the option check too
         self.crop_to_multiple = to_int(opt.get('crop_to_multiple'), f'{where}: crop_to_multiple', minimum=1, null=True)
+        self.where = where
         self.reader = _SourceReader()
         self.source = TaskSource(opt, f'{where}: ', self.reader, f"dataset '{opt.get('name')}'")
         self.keys = self.source.keys
@@ -562,6 +563,11 @@ class AllInOneTestDataset(data.Dataset):
         key = self.keys[index]
         img_lq, img_gt, lq_path, gt_path = self.source.read(key)
         if self.crop_to_multiple:
+            for side, img in (('GT', img_gt), ('LQ', img_lq)):
+                if img is not None and min(img.shape[:2]) < self.crop_to_multiple:
+                    raise ValueError(f'{self.where}: crop_to_multiple {self.crop_to_multiple} is larger than the '
+                                     f'{side} image {key!r} ({img.shape[0]}x{img.shape[1]}): the crop would leave '
+                                     'nothing; lower crop_to_multiple (or ~ for no crop)')
             img_gt = center_crop_to_multiple(img_gt, self.crop_to_multiple)
             if img_lq is not None:
                 img_lq = center_crop_to_multiple(img_lq, self.crop_to_multiple)

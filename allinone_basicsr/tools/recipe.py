@@ -27,6 +27,7 @@ from allinone_basicsr.models.optimization import LearningRateCurve, check_schedu
 from allinone_basicsr.tools.common import run
 from allinone_basicsr.tools.protocols import load_protocols, network_options, protocol_mismatches
 from allinone_basicsr.tools.recipe_format import format_report, report_dict
+from allinone_basicsr.utils.option_keys import check_keys
 from allinone_basicsr.utils.options import OptionFileError, read_yaml
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
@@ -140,16 +141,15 @@ class Recipe:
 
 def load_options(option_file):
     """Read an option file as training does (``utils.options.read_yaml``: ``!!float 2e4`` and ``~`` work, no Python
-    objects); a missing, unreadable or non-mapping file is a RecipeError."""
+    objects) and check its keys as training does (``utils.option_keys.check_keys``); a missing, unreadable, empty
+    or non-mapping file, or an unknown key, is a RecipeError."""
     if not osp.isfile(option_file):
         raise RecipeError(f'{option_file}: no such option file')
     try:
-        opt = read_yaml(option_file)
-    except OptionFileError as err:
+        opt = read_yaml(option_file, mapping=True)
+        check_keys(opt)
+    except (OptionFileError, ValueError) as err:
         raise RecipeError(str(err)) from None
-    if not isinstance(opt, dict):
-        raise RecipeError(f'{option_file}: holds {type(opt).__name__ if opt is not None else "nothing"}, not a '
-                          'mapping of options')
     return opt
 
 

@@ -5,6 +5,7 @@ from os import path as osp
 
 from allinone_basicsr.tools.common import read_metrics_csv
 from allinone_basicsr.utils.metric_table import finite_mean
+from allinone_basicsr.utils.option_keys import check_keys
 from allinone_basicsr.utils.options import OptionFileError, plain, read_yaml
 
 COLUMN_KINDS = ('set', 'average', 'params', 'gmacs', 'text')
@@ -75,7 +76,7 @@ def _load_yaml(path, what):
     if not osp.isfile(path):
         raise TableSpecError(f'{what}: no such file: {path}')
     try:
-        return plain(read_yaml(path, what))
+        return plain(read_yaml(path, what, mapping=True))
     except OptionFileError as err:
         raise TableSpecError(str(err)) from None
 
@@ -118,9 +119,14 @@ def _option_file(base, spec_path, row_label, key, value):
     if not osp.isfile(path):
         raise TableSpecError(f"{spec_path}: row '{row_label}': {key} file {value} does not exist ({path})")
     try:
-        return path, plain(read_yaml(path, f'{key} file'))
+        opt = read_yaml(path, f'{key} file', mapping=True)
     except OptionFileError as err:
         raise TableSpecError(f"{spec_path}: row '{row_label}': {err}") from None
+    try:
+        check_keys(opt)  # as train / test check them
+    except ValueError as err:
+        raise TableSpecError(f"{spec_path}: row '{row_label}': {key} file {value}: {err}") from None
+    return path, plain(opt)
 
 
 def applicable(column, row):

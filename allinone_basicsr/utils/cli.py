@@ -34,6 +34,19 @@ def help_parser(prog, description, train):
     return parser
 
 
+@contextlib.contextmanager
+def option_errors(prog):
+    """An option file the programs refuse (``utils.options.OptionError``: unreadable, empty, an unknown key, a wrong
+    value; its message names the file and the key) is printed as one line ``<prog>: error: <message>`` on stderr, and
+    the process exits with status 2."""
+    from allinone_basicsr.utils.options import OptionError
+    try:
+        yield
+    except OptionError as err:
+        print(f'{prog}: error: {err}', file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def print_help_if_asked(prog, description, train):
     """Print the help and exit when ``-h`` / ``--help`` is among the arguments (before BasicSR parses them)."""
     if '-h' in sys.argv[1:] or '--help' in sys.argv[1:]:

@@ -9,8 +9,10 @@ value, its type and what was expected.
 
 Values are read by the converters of :mod:`.option_types` (numbers written as strings, integral floats).
 
-Unknown keys are not errors here (BasicSR reads many; the plugin's datasets and archs reject unknown keys of their
-own). :func:`check_training_state` checks the content of a training state before resuming from it.
+Unknown keys are errors (:mod:`.option_keys`, run first: the closest valid key is suggested; datasets and archs
+reject unknown keys of their own). :func:`check_option_file` is the check of the train / test entry points: its
+errors are one :class:`OptionError` naming the file. :func:`check_training_state` checks the content of a training
+state before resuming from it.
 """
 import numbers
 from collections import OrderedDict
@@ -18,22 +20,45 @@ from collections import OrderedDict
 import yaml
 
 from .arch_options import check_arch_kwargs
+from .option_keys import check_keys
 from .option_types import OptionNotes, expectation, fail, to_bool, to_int, to_list, to_number, to_str
 
-__all__ = ['COMPILE_KEYS', 'PRECISIONS', 'OptionFileError', 'SafeOrderedLoader', 'check_options',
-           'check_training_state', 'load_options', 'plain', 'read_yaml']
+__all__ = ['COMPILE_KEYS', 'PRECISIONS', 'OptionError', 'OptionFileError', 'OptionFileLoader', 'SafeOrderedLoader',
+           'check_option_file', 'check_options', 'check_training_state', 'load_options', 'not_a_mapping', 'plain',
+           'read_yaml']
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-class OptionFileError(ValueError):
+class OptionError(ValueError):
+    """An option file the programs refuse (its message names the file and the key): the train / test entry points
+    print it as one line and exit with status 2."""
+
+
+class OptionFileError(OptionError):
     """An option file that cannot be read as data: missing, not YAML, not a mapping, or asking for Python objects."""
 
 
 class SafeOrderedLoader(yaml.SafeLoader):
     """BasicSR's option loader (mappings as ``OrderedDict``, so ``dict2str`` and the copied option file keep the
     file's order) that builds data only: a ``!!python/...`` tag (``!!python/object/apply:os.system [...]``) is an
-    error naming the file and line, never a call. ``_compat`` gives it to BasicSR's ``parse_options``, so ``train``,
-    ``test`` and stock pipelines read option files with it too."""
+    error naming the file and line, never a call. Binary content (not UTF-8 text, or control characters) is an
+    :class:`OptionFileError` naming the file, not a decoding traceback."""
+
+    def __init__(self, stream):
+        try:
+            super().__init__(stream)
+        except (UnicodeDecodeError, yaml.reader.ReaderError) as err:
+            self._binary(stream, err)
+
+    def _binary(self, stream, err):
+        name = getattr(stream, 'name', '<string>')
+        raise OptionFileError(f'{name}: is not a YAML mapping (binary data, not YAML text: {err})') from None
+
+    def get_single_data(self):
+        try:
+            return super().get_single_data()
+        except (UnicodeDecodeError, yaml.reader.ReaderError) as err:
+            self._binary(self, err)
 
     def construct_undefined(self, node):
         mark = node.start_mark
@@ -46,12 +71,35 @@ SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
 SafeOrderedLoader.add_constructor(None, SafeOrderedLoader.construct_undefined)
 
 
-def read_yaml(path, what='option file'):
-    """The data of a YAML file (:class:`SafeOrderedLoader`); an :class:`OptionFileError` names the file (and the line)
-    when it is missing, not YAML or builds Python objects."""
+def not_a_mapping(data):
+    """Why ``data`` (a loaded YAML document) is no option file, or None when it is a mapping."""
+    if data is None:
+        return 'is empty (expected a YAML mapping: key: value lines)'
+    if not isinstance(data, dict):
+        return f'is not a YAML mapping (it holds a {type(data).__name__}; expected key: value lines)'
+    return None
+
+
+class OptionFileLoader(SafeOrderedLoader):
+    """:class:`SafeOrderedLoader` for whole option files (``_compat`` gives it to BasicSR's ``parse_options``): an
+    empty file or one that holds no mapping is an :class:`OptionFileError` naming the file, not a ``TypeError``
+    inside BasicSR."""
+
+    def get_single_data(self):
+        data = super().get_single_data()
+        reason = not_a_mapping(data)
+        if reason:
+            raise OptionFileError(f'{self.name}: {reason}')
+        return data
+
+
+def read_yaml(path, what='option file', mapping=False):
+    """The data of a YAML file (:class:`SafeOrderedLoader`; a mapping with ``mapping``); an :class:`OptionFileError`
+    names the file (and the line) when it is missing, empty (``mapping``), not a mapping (``mapping``), binary, not
+    YAML or builds Python objects."""
     try:
         with open(path) as f:
-            return yaml.load(f, Loader=SafeOrderedLoader)
+            return yaml.load(f, Loader=OptionFileLoader if mapping else SafeOrderedLoader)
     except FileNotFoundError:
         raise OptionFileError(f'{what} {path}: no such file') from None
     except OSError as err:
@@ -72,13 +120,19 @@ def plain(value):
 def load_options(path, is_train=True, check=True, logger=None):
     """An option file as the tools read it: :func:`read_yaml` (a mapping, or an :class:`OptionFileError`), then
     :func:`check_options` unless ``check`` is False (types converted in place, errors naming the key)."""
-    opt = read_yaml(path)
-    if not isinstance(opt, dict):
-        raise OptionFileError(f'option file {path}: holds {type(opt).__name__ if opt is not None else "nothing"}, '
-                              'not a mapping of options')
+    opt = read_yaml(path, mapping=True)
     if check:
         check_options(opt, logger=logger, is_train=is_train)
     return opt
+
+
+def check_option_file(opt, path, is_train=True, logger=None):
+    """:func:`check_options` of the options parsed from the file ``path``, its errors as one :class:`OptionError`
+    that names the file (the train and test entry points)."""
+    try:
+        return check_options(opt, logger=logger, is_train=is_train)
+    except (TypeError, ValueError) as err:
+        raise OptionError(f'option file {path}: {err}') from None
 
 
 # the values of train.amp / val.amp (models/precision.py; ~ is fp32)
@@ -157,7 +211,10 @@ def _check_list(section, key, make, required=False):
 
 
 def _check_top(top):
-    top.check('name', to_str, required=True)
+    name = top.check('name', to_str, required=True)
+    if '/' in name or '\\' in name or name in ('', '.', '..'):
+        raise ValueError(f'name: {name!r} is a path, not a name: the run writes to experiments/<name> (results/<name> '
+                         'for tests), so a name holds no path separator and is not empty, "." or ".."')
     top.check('model_type', to_str, required=True)
     num_gpu = top.values.get('num_gpu')
     if num_gpu != 'auto':
@@ -194,6 +251,14 @@ def _check_dataset(data, key, opt, is_train):
     data.check('scale', to_int, minimum=1)
     for flag in ('use_hflip', 'use_rot', 'use_shuffle', 'persistent_workers', 'pin_memory'):
         data.check(flag, to_bool)
+    if data.values.get('persistent_workers'):  # else torch's DataLoader: "persistent_workers option needs ..."
+        if not training:
+            raise ValueError(f"{data.key('persistent_workers')}: true needs loader workers, and BasicSR loads {phase} "
+                             'sets without (num_workers 0): remove it or set it to false')
+        if data.values.get('num_worker_per_gpu') == 0:
+            raise ValueError(f"{data.key('persistent_workers')}: true needs loader workers, but "
+                             f"{data.key('num_worker_per_gpu')} is 0: set persistent_workers: false or "
+                             'num_worker_per_gpu > 0')
     mode = data.check('prefetch_mode', to_str, null=True, choices=('cpu', 'cuda'))
     if mode == 'cuda':
         import torch
@@ -383,6 +448,7 @@ def check_options(opt, logger=None, is_train=True):
     """
     if not isinstance(opt, dict):
         raise TypeError(f'options: expected a mapping, got {type(opt).__name__}')
+    check_keys(opt)  # first: a misspelt section (trainn) is named as such, not as a missing train
     notes = OptionNotes(logger)
     top = _Section(opt, '', notes)
     _check_top(top)
