@@ -89,3 +89,57 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
         checkpoint_util.atomic_torch_save({'params': {'w': torch.zeros(3)}}, str(path))
     assert torch.equal(torch.load(path, weights_only=True)['params']['w'], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ['net_g_latest.pth']  # no temporary file left
+
+
+def _steps(model, first, count, scale=1.0):
+    """``count`` training steps from iteration ``first`` on random 16x16 batches, ``gt`` scaled by ``scale``."""
+    for it in range(first, first + count):
+        model.feed_data({'lq': torch.rand(2, 3, 16, 16), 'gt': torch.rand(2, 3, 16, 16) * scale,
+                         'lq_path': ['a/x.png', 'a/y.png']})
+        model.optimize_parameters(it)
+
+
+def test_a_finite_loss_spike_is_skipped_before_it_reaches_the_weights(tmp_path, caplog):
+    """A batch whose (finite) loss is ~10^4 times the running mean -- the step that would blow the weights up -- is
+    skipped like a non-finite one: the weights and the optimizer are those of before it; train.spike_factor: null
+    turns the rule off."""
+    torch.manual_seed(0)
+    model = build_model(_opt(tmp_path, TINY))
+    _steps(model, 1, 3)
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    steps = [s['step'].item() for s in model.optimizer_g.state.values()]
+    with caplog.at_level('WARNING', logger='basicsr'):
+        _steps(model, 4, 1, scale=1e4)
+    assert all(torch.equal(v, model.net_g.state_dict()[k]) for k, v in before.items())  # nothing was applied
+    assert [s['step'].item() for s in model.optimizer_g.state.values()] == steps
+    assert 'Loss spike (' in caplog.text and 'train.spike_factor 20 x the running mean' in caplog.text
+    assert 'at iteration 4' in caplog.text and model.guard.streak == 1
+    _steps(model, 5, 1)  # a normal batch is taken again
+    assert model.guard.streak == 0 and model.guard.loss_count == 4
+
+    model = build_model(_opt(tmp_path, TINY, spike_factor=None))
+    _steps(model, 1, 3)
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    _steps(model, 4, 1, scale=1e4)
+    assert not all(torch.equal(v, model.net_g.state_dict()[k]) for k, v in before.items())
+
+
+def test_weights_that_give_a_bad_loss_are_not_saved(tmp_path, caplog):
+    """After an accepted step, save checks the weights' loss on that batch: wrecked weights write no checkpoint and
+    no training state, the save is deferred, and the first healthy iteration writes it."""
+    torch.manual_seed(0)
+    model = build_model(_opt(tmp_path, TINY))
+    _steps(model, 1, 2)
+    good = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    with torch.no_grad():
+        model.net_g.intro.weight.mul_(1e30)  # what one huge update does
+    with caplog.at_level('WARNING', logger='basicsr'):
+        model.save(0, 2)
+    assert 'Not writing the checkpoint of iteration 2: their loss on the last training batch' in caplog.text
+    assert model.save_deferred and not list(tmp_path.glob('*.pth')) and not list(tmp_path.glob('*.state'))
+    model.net_g.load_state_dict(good)
+    model.save(0, 3)
+    assert not model.save_deferred
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['3.state', 'net_g_3.pth']
+    state = torch.load(tmp_path / '3.state', weights_only=True)
+    assert state['loss_guard'] == model.guard.state_dict() and state['loss_guard']['loss_count'] == 2
