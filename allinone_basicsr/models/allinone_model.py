@@ -190,7 +190,7 @@ class AllInOneModel(SRModel):
         checkpoint is not written and ``save_deferred`` asks the training loop to try again after every following
         step, until one is healthy. So no checkpoint (and no training state for ``--auto_resume``) holds the weights
         of a non-finite streak or of a step that blew them up; the decision is every rank's (``NonFiniteGuard``)."""
-        problem = self._unhealthy(current_iter)
+        problem = self._unhealthy()
         logger = get_root_logger()
         name = 'net_g_latest' if current_iter == -1 else f'the checkpoint of iteration {current_iter}'
         if problem is not None:
@@ -210,7 +210,7 @@ class AllInOneModel(SRModel):
         if current_iter != -1:
             self._saved_iter = current_iter
 
-    def _unhealthy(self, current_iter):
+    def _unhealthy(self):
         """Why the weights are not fit to be saved (``save``), or None."""
         if self.guard.streak:
             return (f'these weights gave a non-finite or spiked loss in the last {self.guard.streak} step(s), '
