@@ -26,7 +26,7 @@ def test_no_checkpoint_from_a_nonfinite_streak_and_auto_resume_takes_the_healthy
     opt_file = write(workdir, 'blowup', opt)
     proc = run(['-m', 'allinone_basicsr.train', '-opt', opt_file], workdir, check=False, timeout=300)
     assert proc.returncode != 0 and '4 consecutive non-finite losses' in proc.stderr, proc.stderr[-3000:]
-    assert _saved(workdir, 'blowup') == (['net_g_2.pth'], ['2.state'])  # before: also 4, 6, 8 (wrecked)
+    assert _saved(workdir, 'blowup') == (['net_g_2.pth'], ['2.state'])  # before: also 4 and 6 (wrecked)
     log = log_of(workdir, 'blowup')
     assert 'Not writing the checkpoint of iteration 4: their loss on the last training batch' in log
     assert 'Not writing the checkpoint of iteration 6: these weights gave a non-finite' in log
@@ -34,7 +34,7 @@ def test_no_checkpoint_from_a_nonfinite_streak_and_auto_resume_takes_the_healthy
     assert all(torch.isfinite(v).all() for v in weights['params'].values())
     proc = run(['-m', 'allinone_basicsr.train', '-opt', opt_file, '--auto_resume'], workdir, check=False,
                timeout=300)
-    # before: resumed from 8 (3 NaN steps in a row saved with it) and stopped at its first step
+    # before: resumed from the wrecked 6 (2 skipped steps in a row saved with it) and stopped 2 steps later
     assert 'Resuming training from epoch: 0, iter: 2.' in log_of(workdir, 'blowup')
     assert 'last at iteration 8: stopping' in proc.stderr, proc.stderr[-3000:]
     assert _saved(workdir, 'blowup') == (['net_g_2.pth'], ['2.state'])
