@@ -216,8 +216,10 @@ def _train(opt, args, root_path, notes=()):
                             'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()}
                 log_vars.update(model.get_current_log())
                 msg_logger(log_vars)
-            if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
-                logger.info('Saving models and training states.')
+            due = current_iter % opt['logger']['save_checkpoint_freq'] == 0
+            if due or getattr(model, 'save_deferred', False):  # deferred: unhealthy weights (AllInOneModel.save)
+                if due:
+                    logger.info('Saving models and training states.')
                 model.save(epoch, current_iter)
             if opt.get('val') is not None and current_iter % opt['val']['val_freq'] == 0:
                 for val_loader in val_loaders:

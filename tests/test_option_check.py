@@ -308,6 +308,8 @@ BAD = [  # key path, value, expected (in the message), error type
     ('train.grad_clip', 'on', 'a number > 0, {max_norm, norm_type} or null', TypeError),
     ('train.teacher_forcing_iter', -1, 'an int >= 0', ValueError),
     ('train.max_nonfinite_steps', 0, 'an int >= 1', ValueError),
+    ('train.spike_factor', 1, 'a number > 1 or null', ValueError),
+    ('train.spike_factor', 'high', 'a number > 1 or null', TypeError),
     ('val.val_freq', 0, 'an int >= 1', ValueError),
     ('val.save_img', 'no', 'a bool (true or false)', TypeError),
     ('val.pbar', 1, 'a bool (true or false)', TypeError),

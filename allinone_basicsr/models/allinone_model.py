@@ -20,9 +20,9 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from .distributed import broadcast_buffers, gather_scores, match_gradient_strides, shard
-from .loss_guard import DeferredLog, NonFiniteGuard, check_labels
+from .loss_guard import SPIKE_FACTOR, DeferredLog, NonFiniteGuard, check_labels
 from .optimization import optimizer_class, resume_with_changed_settings, scheduler_class
-from .precision import EvalPrecision, TrainPrecision, without_cudnn_autotuning
+from .precision import EvalPrecision, TrainPrecision, autocast, without_cudnn_autotuning
 
 
 @MODEL_REGISTRY.register()
@@ -33,8 +33,9 @@ class AllInOneModel(SRModel):
     - losses ``train.pixel_opt`` + ``fft_opt`` + ``cls_opt`` (task classification, for archs with task logits,
       see ``archs/arch_util.TaskLogitsArch``), routed by the labels up to ``train.teacher_forcing_iter``;
     - any ``torch.optim`` optimizer and scheduler (``models/optimization.py``), ``train.grad_clip``,
-      ``train.amp`` / ``train.compile`` (``models/precision.py``), a non-finite loss guard
-      (``models/loss_guard.py``), the EMA of buffers too, and ``after_optimizer_step()`` of ``AfterStepArch`` archs;
+      ``train.amp`` / ``train.compile`` (``models/precision.py``), a guard against non-finite losses and loss
+      spikes that keeps such weights out of checkpoints too (``models/loss_guard.py``, ``save``), the EMA of
+      buffers too, and ``after_optimizer_step()`` of ``AfterStepArch`` archs;
     - validation / test on the bare network, shared between the ranks (``models/distributed.py``), one table per
       round with the degraded input's scores and the gain (``metrics/metric_table.py``);
     - exact resume (``resume.py``) and atomic checkpoints that load in any known layout
@@ -53,7 +54,9 @@ class AllInOneModel(SRModel):
     def init_training_settings(self):
         super().init_training_settings()
         train_opt = self.opt['train']
-        self.guard = NonFiniteGuard(train_opt.get('max_nonfinite_steps', 10), self.opt['dist'])
+        self.guard = NonFiniteGuard(train_opt.get('max_nonfinite_steps', 10), self.opt['dist'],
+                                    train_opt.get('spike_factor', SPIKE_FACTOR))
+        self.save_deferred, self._saved_iter = False, None  # a checkpoint due, not written (save); the last written
         logger = get_root_logger()
         self.cri_fft = build_loss(train_opt['fft_opt']).to(self.device) if train_opt.get('fft_opt') else None
         self.cri_cls = None
@@ -94,37 +97,47 @@ class AllInOneModel(SRModel):
         # the labels as the loader gave them (CPU): checked against the arch's classes without a device sync
         self._labels_host = labels.tolist() if labels is not None and labels.device.type == 'cpu' else None
 
-    def optimize_parameters(self, current_iter):
-        self.optimizer_g.zero_grad(set_to_none=True)
+    def _losses(self, forward, batch):
+        """The training losses (an OrderedDict of device scalars) of ``forward`` (the step's: ``self.precision``) on
+        ``batch`` (``lq``, ``gt``, ``degradation``, ``labels_host``, ``iter``), the task logits (or None) and the
+        output (float32)."""
+        task_logits = None
         if self.cri_cls is not None:
-            if self.degradation is None:
+            if batch['degradation'] is None:
                 raise KeyError('train.cls_opt needs degradation labels: the train dataset returned no "degradation"')
-            labels = {'task_labels': self.degradation} \
-                if current_iter <= self.opt['train'].get('teacher_forcing_iter', 0) else {}  # route by the labels
-            self.output, task_logits = self.precision(self.lq, return_task_logits=True, **labels)
+            labels = {'task_labels': batch['degradation']} \
+                if batch['iter'] <= self.opt['train'].get('teacher_forcing_iter', 0) else {}  # route by the labels
+            output, task_logits = forward(batch['lq'], return_task_logits=True, **labels)
             task_logits = [lg.float() for lg in task_logits]
         else:
-            self.output = self.precision(self.lq)
-        self.output = self.output.float()  # the losses in float32
-
+            output = forward(batch['lq'])
+        output = output.float()  # the losses in float32
+        gt = batch['gt']
         loss_dict = OrderedDict()
         if self.cri_pix:
-            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            loss_dict['l_pix'] = self.cri_pix(output, gt)
         if self.cri_fft:
-            loss_dict['l_fft'] = self.cri_fft(self.output, self.gt)
+            loss_dict['l_fft'] = self.cri_fft(output, gt)
         if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            l_percep, l_style = self.cri_perceptual(output, gt)
             for name, value in (('l_percep', l_percep), ('l_style', l_style)):
                 if value is not None:
                     loss_dict[name] = value
         if self.cri_cls is not None:
-            check_labels(self._labels_host, task_logits[0].shape[1], self.opt['network_g']['type'])
-            loss_dict['l_cls'] = self.cri_cls(task_logits, self.degradation)
+            check_labels(batch['labels_host'], task_logits[0].shape[1], self.opt['network_g']['type'])
+            loss_dict['l_cls'] = self.cri_cls(task_logits, batch['degradation'])
+        return loss_dict, task_logits, output
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        self._step_batch = batch = {'lq': self.lq, 'gt': self.gt, 'degradation': self.degradation,
+                                    'labels_host': self._labels_host, 'iter': current_iter}  # for save's check
+        loss_dict, task_logits, self.output = self._losses(self.precision, batch)
         l_total = sum(loss_dict.values())
-        finite = torch.isfinite(l_total.detach())
         self.precision.backward(l_total)
         # the one host sync of the step, after the backward is queued: skip the step if any rank's loss is not finite
-        if not self.guard.allows(finite, loss_dict, current_iter, self.lq_path):
+        # or spiked (loss_guard.NonFiniteGuard)
+        if not self.guard.allows(l_total, loss_dict, current_iter, self.lq_path):
             self.optimizer_g.zero_grad(set_to_none=True)
             self.log_dict = OrderedDict(self.guard.values)
             return  # step skipped: no optimizer step, no EMA
@@ -170,6 +183,46 @@ class AllInOneModel(SRModel):
         net.train(was_training)
 
     # ------------------------------------------------------------------ saving
+    def save(self, epoch, current_iter):
+        """BasicSR's save (networks, then the training state), only of healthy weights: when the last step was
+        skipped (``train.max_nonfinite_steps`` / ``train.spike_factor``), or the weights' loss on the last training
+        batch (one no-grad forward of the bare network per checkpoint, one host sync) is non-finite or spiked, the
+        checkpoint is not written and ``save_deferred`` asks the training loop to try again after every following
+        step, until one is healthy. So no checkpoint (and no training state for ``--auto_resume``) holds the weights
+        of a non-finite streak or of a step that blew them up; the decision is every rank's (``NonFiniteGuard``)."""
+        problem = self._unhealthy()
+        logger = get_root_logger()
+        name = 'net_g_latest' if current_iter == -1 else f'the checkpoint of iteration {current_iter}'
+        if problem is not None:
+            last = self._saved_iter
+            last = 'none yet' if last is None else f'iteration {last}'
+            if current_iter == -1:
+                logger.error(f'Not writing {name}: {problem}. The last healthy checkpoint written: {last}.')
+            else:
+                logger.warning(f'Not writing {name}: {problem}; a checkpoint is written at the first following '
+                               f'iteration whose weights are healthy (the last one written: {last}).')
+            self.save_deferred = current_iter != -1
+            return
+        if self.save_deferred and current_iter != -1:
+            logger.info(f'Writing the deferred checkpoint at iteration {current_iter}: its weights are healthy.')
+        self.save_deferred = False
+        super().save(epoch, current_iter)
+        if current_iter != -1:
+            self._saved_iter = current_iter
+
+    def _unhealthy(self):
+        """Why the weights are not fit to be saved (``save``), or None."""
+        if self.guard.streak:
+            return (f'these weights gave a non-finite or spiked loss in the last {self.guard.streak} step(s), '
+                    'which were skipped')
+        batch = getattr(self, '_step_batch', None)
+        if batch is None:  # no step taken in this process: the weights are those loaded or resumed
+            return None
+        net = self.get_bare_model(self.net_g)
+        with torch.no_grad(), autocast(self.device, self.precision.dtype):
+            loss_dict, _, _ = self._losses(net, batch)
+        return self.guard.judge(sum(loss_dict.values()))
+
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
         nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
@@ -181,17 +234,21 @@ class AllInOneModel(SRModel):
         """The training state (``resume.training_state``: every rank calls this; rank 0 writes), atomically."""
         state = training_state(self, epoch, current_iter) if current_iter != -1 else None
         if state is not None:
+            state['loss_guard'] = self.guard.state_dict()  # the loss-spike rule's running mean
             atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         """Optimizers and schedulers (BasicSR's, or continuing under the schedule / optimizer settings the option file
-        changed, logged), plus the RNG states, GradScaler and non-finite streak saved with them (``resume.py``)."""
+        changed, logged), plus the RNG states, GradScaler, non-finite streak and loss running mean saved with them
+        (``resume.py``)."""
         if not resume_with_changed_settings(self, resume_state):
             super().resume_training(resume_state)
         if 'rng' in resume_state:
             restore_rng_states(resume_state['rng'], self.opt)
         self.precision.load_state_dict(resume_state.get('scaler'))
         self.guard.streak = resume_state.get('nonfinite_streak', 0)
+        self.guard.load_state_dict(resume_state.get('loss_guard'))
+        self._saved_iter = resume_state['iter']  # the checkpoint resumed from
 
     # ------------------------------------------------------------------ validation
     def _eval_net(self):

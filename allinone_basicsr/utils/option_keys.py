@@ -52,7 +52,8 @@ BASICSR_KEYS = {
 PLUGIN_KEYS = {
     '': ('deterministic', 'lock_lease'),
     'dist_params': ('timeout',),
-    'train': ('fft_opt', 'cls_opt', 'teacher_forcing_iter', 'max_nonfinite_steps', 'grad_clip', 'amp', 'compile'),
+    'train': ('fft_opt', 'cls_opt', 'teacher_forcing_iter', 'max_nonfinite_steps', 'spike_factor', 'grad_clip', 'amp',
+              'compile'),
     'train.grad_clip': ('max_norm', 'norm_type', 'error_if_nonfinite', 'foreach'),  # clip_grad_norm_'s arguments
     'val': ('clamp', 'input_metrics', 'amp', 'compile'),
     'path': ('force_resume',),

@@ -365,6 +365,7 @@ def _check_train(train):
                     expected='a number > 0, {max_norm, norm_type} or null')
     train.check('teacher_forcing_iter', to_int, minimum=0)
     train.check('max_nonfinite_steps', to_int, minimum=1)
+    train.check('spike_factor', to_number, above=1, null=True)  # models/loss_guard.py
     _check_precision(train)
 
 
