@@ -36,7 +36,8 @@ def load_official(checkout):
     since plain SymUNet never uses it."""
     method = official_method(checkout)
     spec = OFFICIAL[method]
-    if importlib.util.find_spec('transformers') is None and 'transformers' not in sys.modules:
+    # sys.modules first: find_spec raises on a module there without a __spec__ (the stand-in of an earlier call)
+    if 'transformers' not in sys.modules and importlib.util.find_spec('transformers') is None:
         stand_in = types.ModuleType('transformers')
         stand_in.CLIPModel = stand_in.CLIPImageProcessor = None
         sys.modules['transformers'] = stand_in

@@ -201,3 +201,17 @@ def test_host_read_probe_records_the_caller():
         x + 1
     assert [c.split(' (')[0] for c in record.calls] == ['item', 'tolist']
     assert all('test_gpu_check.py' in c for c in record.calls)
+
+
+def test_both_official_checkouts_load_in_one_process(tmp_path):
+    """The GPU check loads SymUNet's official file (which imports ``transformers``, stood in for when missing) and then
+    PromptIR's in the same process: the second load must not trip over the stand-in."""
+    symunet = stand_in_official_symunet(tmp_path / 'symunet')
+    promptir = tmp_path / 'promptir' / 'net' / 'model.py'
+    promptir.parent.mkdir(parents=True)
+    promptir.write_text('from allinone_basicsr.archs.promptir_arch import PromptIR as _Ours\n\n\n'
+                        'class PromptIR(_Ours):\n    pass\n')
+    code = ('import sys\nfrom allinone_basicsr.utils.official import load_official\n'
+            'print([load_official(sys.argv[1])[0], load_official(sys.argv[2])[0], load_official(sys.argv[1])[0]])')
+    proc = run_python(['-c', code, str(symunet), str(promptir.parent.parent)], timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "['SymUNet', 'PromptIR', 'SymUNet']"
