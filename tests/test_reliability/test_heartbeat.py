@@ -8,6 +8,15 @@ from allinone_basicsr.utils import heartbeat
 from allinone_basicsr.utils.heartbeat import Heartbeat, collective_timeout, timeout_of
 
 
+@pytest.fixture(autouse=True)
+def no_basicsr_logger(monkeypatch):
+    """The messages on this process's stderr, as before BasicSR's logger is set up: an earlier test of the session
+    may have set it up, with a stream handler bound to another stderr than the one capsys reads. (The logged route
+    is checked end to end in test_distributed.py.)"""
+    import basicsr.utils.logger
+    monkeypatch.setattr(basicsr.utils.logger, 'initialized_logger', {})
+
+
 def pair(timeout=10):
     store = dist.HashStore()
     exits = ([], [])
