@@ -218,3 +218,20 @@ def test_docs_options_tables_and_package_comments_name_only_what_the_repository_
     assert not missing, (f'{len(missing)} references to paths the repository lacks (write what is needed in docs/ '
                          'and point to its section, or name the paper or the official repository):\n'
                          + '\n'.join(missing))
+
+
+def test_readme_install_steps_are_the_makefiles():
+    """The README's manual install runs the pip commands of `make install`, in the same order (a fresh venv's old
+    setuptools without wheel fails the editable install: the upgrade comes first)."""
+    makefile = (REPO / 'Makefile').read_text(encoding='utf-8')
+    torch_pkgs = re.search(r'^TORCH_PKGS\s*\??=\s*(.*)$', makefile, re.M)
+    make_steps = [line.strip().replace('$(PY) -m ', '') for line in makefile.splitlines()
+                  if line.strip().startswith('$(PY) -m pip install')]
+    make_steps = [s.replace('$(TORCH_PKGS)', torch_pkgs.group(1).strip() if torch_pkgs else 'torch torchvision')
+                  for s in make_steps]
+    text = README.read_text(encoding='utf-8')
+    block = text[text.index('make install'):]
+    block = block[:block.index('```')]
+    readme_steps = [line.split('#')[0].strip() for line in block.splitlines() if line.startswith('pip install')]
+    assert readme_steps[0] == 'pip install --upgrade pip setuptools wheel'
+    assert readme_steps == make_steps
