@@ -127,6 +127,9 @@ BARE_MD = re.compile(r'(?<![\w./-])([\w-]+\.md)\b')  # 'design.md', 'SPEC.md': a
 # what follows "PromptIR's " or "va1shn9v/PromptIR " is a file of that official repository, not of this one
 OFFICIAL = re.compile(r"(?:\w's|\b[\w.-]+/[\w.-]+) `?$")
 SECTION_REF = re.compile(r'(?<![\w./-])(?:docs/)?([\w-]+\.md) §([a-z0-9][\w-]*)')  # 'methods.md §daair-sources'
+# 'spec §3', "DaAIR's spec": a section of a method spec, which the repository does not have (docs/methods.md is home)
+SPEC_SECTION = re.compile(r"\b(specs?(?:'s)? §[\d.]+"
+                          r"|(?:DaAIR|PromptDSANet|SymUNet|SE-SymUNet|PromptIR)(?:'s)? specs?\b)")
 WRITTEN = ('metrics.md', 'compare.md', 'task_summary.md', 'gpu_check.md')  # files the tools write into results/
 OUTSIDE = ('specs/', 'shared/', '../')  # never in the repository
 
@@ -192,6 +195,8 @@ def missing_references(texts):
             name = m.group(1)
             if not OFFICIAL.search(line[:m.start()]) and not md_exists(name) and name not in WRITTEN:
                 missing.append(f'{where}: {name}')
+        for m in SPEC_SECTION.finditer(line):
+            missing.append(f'{where}: {m.group(1) or m.group(2)} (a spec the repository does not have)')
         for page, anchor in SECTION_REF.findall(line):
             if md_exists(page) and not section_exists(page, anchor):
                 missing.append(f'{where}: {page} §{anchor} (no such heading)')
@@ -201,6 +206,7 @@ def missing_references(texts):
 def test_the_reference_check_finds_what_the_repository_lacks():
     texts = [('a', 'built from the paper and `specs/daair.md` (see ../shared/SPEC.md, shared/DESIGN.md)'),
              ('b', '# defaults of daair.md §6; layout as in DESIGN.md'),
+             ('b2', 'batch 32 (assumption, spec §3, §6 #10); weight 0.01 (DaAIR spec; PromptDSANet 0.1)'),
              ('c', 'see docs/nothing.md, options/train_nothing.yml and methods.md §no-such-section'),
              ('d', 'see docs/methods.md, docs/methods.md §daair-sources, options/train_*.yml, design.md, '
                    'options/demo/train_<method>_demo.yml, options/demo/{train,test}_<method>_demo.yml, '
@@ -209,6 +215,7 @@ def test_the_reference_check_finds_what_the_repository_lacks():
                    "PromptIR's `INSTALL.md`.")]
     assert missing_references(texts) == [
         'a: specs/daair.md', 'a: ../shared/SPEC.md', 'a: shared/DESIGN.md', 'b: daair.md', 'b: DESIGN.md',
+        'b2: spec §3 (a spec the repository does not have)', 'b2: DaAIR spec (a spec the repository does not have)',
         'c: docs/nothing.md', 'c: options/train_nothing.yml',
         'c: methods.md §no-such-section (no such heading)']
 
