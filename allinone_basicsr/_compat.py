@@ -1,6 +1,6 @@
 """The one place that makes basicsr 1.4.2 import and run on current torch / torchvision.
 
-Every patch here answers one measured failure (see DESIGN.md, "basicsr 1.4.2 on current torch"):
+Every patch here answers one measured failure (see docs/design.md, "basicsr 1.4.2 on current torch"):
 
 1. ``import basicsr`` fails: ``torchvision.transforms.functional_tensor`` was removed from torchvision. We
    register a module of that name exposing ``rgb_to_grayscale`` from ``torchvision.transforms.functional``.

@@ -136,8 +136,8 @@ def sots_job(raw):
 JOBS_3TASK = (denoise_job, rain_train_job, haze_train_job, bsd68_job, rain100l_test_job, sots_job)
 
 
-def main(argv=None, jobs=JOBS_3TASK, script='prepare_3task'):
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.split('\n\n')[0]))
+def main(argv=None, jobs=JOBS_3TASK, script='prepare_3task', doc=__doc__):
+    parser = add_arguments(argparse.ArgumentParser(description=doc.split('\n\n')[0]))
     args = parser.parse_args(argv)
     if not osp.isdir(args.raw):
         raise PrepError(f'--raw: not a folder: {args.raw}')

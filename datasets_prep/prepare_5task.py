@@ -67,7 +67,7 @@ JOBS_5TASK = JOBS_3TASK + (gopro_train_job, lol_train_job, gopro_test_job, lol_t
 
 
 def main(argv=None):
-    return main_3task(argv, jobs=JOBS_5TASK, script='prepare_5task')
+    return main_3task(argv, jobs=JOBS_5TASK, script='prepare_5task', doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -2,9 +2,11 @@
 number the table specs (tables/*.yml) print as the paper's has one of four sources, `paper`, `official code`,
 `derived` or `assumption`, with evidence a test can check. A `paper` label carries a short quote of the paper's text
 that holds the value (protocol rows), or names the paper and the table whose printed row holds the numbers (table
-specs); with the papers' text beside the clone (``../shared/papers``, or ``$ALLINONE_SHARED/papers``) every quote
-must be in the paper's text and every printed number in its row of the paper's table. Departures from a paper's
-stated protocol (the augmentation) are assumptions, flagged in the option file's header too."""
+specs); an `assumption` names the section of docs/ that argues it (``methods.md §daair-sources``: a page and a
+heading's anchor, which must exist); with the papers' text, which is not part of the repository, beside the
+clone (``../shared/papers``, or ``$ALLINONE_SHARED/papers``) every quote must be in the paper's text and every
+printed number in its row of the paper's table. Departures from a paper's stated protocol (the augmentation) are
+assumptions, flagged in the option file's header too."""
 import functools
 import math
 import os
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_docs import SECTION_REF, section_exists
 
 from allinone_basicsr.tools import protocols as pt
 from allinone_basicsr.tools import recipe as rc
@@ -147,7 +150,7 @@ def test_the_number_matching_reads_the_papers_notations():
 # ------------------------------------------------------------------------------------------------- protocol table
 def test_every_protocol_number_has_one_of_four_sources_and_its_evidence():
     """paper: the method's paper (one we have the text of), its section, a short quote holding the value; official
-    code: the file; derived: the arithmetic; assumption: the section of the specs or docs that argues it."""
+    code: the file; derived: the arithmetic; assumption: the section of docs/ that argues it (it must exist)."""
     assert pt.PROTOCOL_SOURCES == SOURCES
     wrong = []
     for name, key, leaf, method in protocol_leaves():
@@ -172,8 +175,12 @@ def test_every_protocol_number_has_one_of_four_sources_and_its_evidence():
             wrong.append(f'{where}: source official code, but ref {ref!r} names no file of the code')
         elif source == 'derived' and '=' not in ref:
             wrong.append(f'{where}: source derived, but ref {ref!r} shows no arithmetic')
-        elif source == 'assumption' and '§' not in ref:
-            wrong.append(f'{where}: source assumption, but ref {ref!r} names no section that argues it')
+        elif source == 'assumption' and not SECTION_REF.search(ref):
+            wrong.append(f"{where}: source assumption, but ref {ref!r} names no section of docs/ that argues it "
+                         "('methods.md §<heading anchor>')")
+        for page, anchor in SECTION_REF.findall(ref):
+            if not section_exists(page, anchor):
+                wrong.append(f'{where}: ref {ref!r} names {page} §{anchor}, which docs/ does not have')
     assert not wrong, f'{len(wrong)} protocol numbers without their provenance:\n' + '\n'.join(wrong)
 
 
@@ -222,7 +229,8 @@ def test_a_changed_augmentation_fails_the_protocol_table(tmp_path):
     opt['datasets']['train']['use_rot'] = False  # flips only, as a reader of 'random cropping' might expect
     report = rc.recipe_report(path, root=str(tmp_path), opt=opt)
     text = '\n'.join(pt.protocol_mismatches(report, pt.load_protocols()['train_promptdsanet.yml']))
-    assert "augment: file ['hflip'], protocol ['hflip', 'vflip', 'rot90'] (assumption: promptdsanet.md §2" in text
+    assert ("augment: file ['hflip'], protocol ['hflip', 'vflip', 'rot90'] (assumption: "
+            'methods.md §promptdsanet-sources: the paper states random cropping only') in text
 
 
 # ---------------------------------------------------------------------------------------------------- table specs

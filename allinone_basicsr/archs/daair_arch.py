@@ -1,8 +1,8 @@
-"""DaAIR: degradation-aware low-rank experts with a supervised router and an EMA controller (seed paper 001).
+"""DaAIR: degradation-aware low-rank experts with a supervised router and an EMA controller (arXiv 2405.15475).
 
 Zamfir et al., "Efficient Degradation-aware Any Image Restoration". No official code exists; the layout and every
-default follow ``shared/specs/daair.md`` (numbers the paper does not state are assumptions there, kept as defaults
-and exposed as options).
+default follow docs/methods.md §daair-sources (numbers the paper does not state are assumptions there, kept as
+defaults and exposed as options).
 
 - Restormer-style 4-level U-Net (MDTA, GDFN, LayerNorm, pixel-(un)shuffle down/up from ``restormer_blocks``),
   concatenated skips fused by a 1×1 conv at every level, plain Restormer refinement blocks, global residual.
@@ -229,7 +229,7 @@ class DaAIRBlock(nn.Module):
 @ARCH_REGISTRY.register()
 @check_arch_options
 class DaAIR(TaskLogitsArch, AfterStepArch, nn.Module):
-    """DaAIR (defaults: ``shared/specs/daair.md`` §6, ≈6.2M parameters with 3 experts).
+    """DaAIR (defaults: docs/methods.md §daair-sources, ≈6.2M parameters with 3 experts).
 
     Args:
         inp_channels (int): Input channels. Default: 3.

@@ -1,7 +1,8 @@
-"""PromptDSANet: PromptIR with multi-head dual (channel + spatial) self-attention and a ResNet prompt net (seed paper
-002, Rong et al., "All-In-One Image Restoration", AAAI; no public code, the paper gives no name).
+"""PromptDSANet: PromptIR with multi-head dual (channel + spatial) self-attention and a ResNet prompt net (Rong
+et al., "All-In-One Image Restoration", AAAI; no public code, the paper gives no name).
 
-Built on :class:`~.promptir_arch.PromptIR`'s layout (levels, prompt steps) following ``shared/specs/promptdsanet.md``:
+Built on :class:`~.promptir_arch.PromptIR`'s layout (levels, prompt steps) following
+docs/methods.md §promptdsanet-sources:
 
 - **Dsa block** (replaces every Restormer block): a channel branch (MDTA) and a spatial branch (global multi-head
   attention over pixels through :func:`aligned_attention`, whose inputs the fused flash / memory-efficient
@@ -166,7 +167,7 @@ class PromptNet(nn.Module):
 @ARCH_REGISTRY.register()
 @check_arch_options
 class PromptDSANet(_PromptIRLayout, TaskLogitsArch):
-    """PromptDSANet (defaults: ``shared/specs/promptdsanet.md``; dim 48 gives the PromptIR-sized restorer).
+    """PromptDSANet (defaults: docs/methods.md §promptdsanet-sources; dim 48 gives the PromptIR-sized restorer).
 
     Args (PromptIR's options — dim, num_blocks, heads, ... — plus):
         prompt_dims (list[int] | None): Prompt channels at decoder steps 1, 2, 3. Default None: PromptIR's

@@ -2,7 +2,7 @@
 
 Faithful to the official ``net/model.py`` (va1shn9v/PromptIR): same constructor keywords, same state-dict keys
 (including six 1×1 convs the official forward never uses, so official checkpoints load with ``strict=True``), same
-outputs (checked against ``shared/reference/promptir_tiny_reference.pt``).
+outputs (checked against the official code's tiny reference outputs: tests/test_archs/test_official_reference.py).
 """
 import torch
 from torch import nn

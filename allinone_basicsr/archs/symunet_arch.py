@@ -1,11 +1,11 @@
-"""SymUNet and SE-SymUNet (Jiao et al., seed paper 000).
+"""SymUNet and SE-SymUNet (Jiao et al., arXiv 2512.10581).
 
 SymUNet is a symmetric U-Net of Restormer blocks with additive skips; SE-SymUNet adds frozen CLIP image tokens,
 exchanged with the image features by cross-attention at the bottleneck and at every decoder level.
 
 Faithful to the official ``SymUNet_arch.py`` (WenlongJiao/SymUNet): same constructor keywords, same state-dict
-keys, same outputs (checked against ``shared/reference/symunet_tiny_reference.pt`` and the key/shape list
-``se_symunet_full_keys.json``). Deviations of SE-SymUNet, both without effect on trained weights:
+keys, same outputs (checked against the official code's tiny reference outputs and SE-SymUNet's key/shape list:
+tests/test_archs/test_official_reference.py). Deviations of SE-SymUNet, both without effect on trained weights:
 
 * the position embeddings added to the image patches are fixed, seeded N(0, 1) tensors (one per token count),
   not fresh random draws that the official code makes at the first forward of every new size, so evaluation is

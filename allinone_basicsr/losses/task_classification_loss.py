@@ -15,7 +15,8 @@ class TaskClassificationLoss(nn.Module):
     the loader's CPU labels against the logits' width.
 
     Args:
-        loss_weight (float): Weight of the loss. Default: 0.01 (DaAIR spec; PromptDSANet uses 0.1).
+        loss_weight (float): Weight of the loss. Default: 0.01 (DaAIR, assumption D5 of docs/methods.md
+            §daair-sources; PromptDSANet uses 0.1).
         label_smoothing (float): As in ``F.cross_entropy``. Default: 0.
     """
 

@@ -225,3 +225,12 @@ def test_rerun_over_a_raw_tree_that_gained_pairs_rebuilds_the_stale_lmdbs(tmp_pa
     assert sorted(read_lmdb(out / 'train/rain_lq.lmdb')[1]) == ['rain-1', 'rain-2', 'rain-3', 'rain-4']
     again = run_python(script, timeout=300)
     assert again.stdout.count('exists, skipped') == 6 and 'WARNING' not in again.stderr
+
+
+@pytest.mark.parametrize('script, says, not_says',
+                         [('prepare_3task', '3-task', '5-task'), ('prepare_5task', '5-task', '3-task')])
+def test_help_describes_its_own_script(tmp_path, script, says, not_says):
+    proc = run_python([str(REPO / 'datasets_prep' / f'{script}.py'), '--help'], cwd=tmp_path, timeout=120, threads=1)
+    assert proc.stdout.startswith(f'usage: {script}.py ')
+    description = proc.stdout.split('\n\n')[1]
+    assert says in description and not_says not in description, proc.stdout

@@ -33,6 +33,14 @@ def test_help_and_a_bad_argument(tmp_path, tool):
     assert 'error' in proc.stderr.splitlines()[-1] and 'Traceback' not in proc.stderr
 
 
+@pytest.mark.parametrize('entry', ('train', 'test'))
+def test_the_entry_points_usage_shows_their_console_script(tmp_path, entry):
+    setup = (REPO / 'setup.py').read_text()
+    assert f"'allinone-{entry}=allinone_basicsr.{entry}:main'" in setup
+    proc = run_python(['-m', f'allinone_basicsr.{entry}', '--help'], cwd=tmp_path, timeout=120, threads=1)
+    assert proc.stdout.startswith(f'usage: allinone-{entry} '), proc.stdout[:200]
+
+
 def test_usage_errors_are_one_line_with_status_2(tmp_path):
     """An input that cannot be used (not an argparse error): the tool's own one-line message, exit status 2."""
     for tool, args in (('restore', ['-opt', 'missing.yml', '--input', '.', '--output', 'out']),
