@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from os import path as osp
 
 from allinone_basicsr.archs.arch_util import missing_task_logits
-from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES, list_source
+from allinone_basicsr.data.mixed_degradation_dataset import DEFAULT_DEGRADATION_CLASSES
+from allinone_basicsr.data.sources import list_source
 from allinone_basicsr.models.optimization import LearningRateCurve, check_schedule  # noqa: F401 (re-exported)
 from allinone_basicsr.tools.common import run
 from allinone_basicsr.tools.protocols import load_protocols, network_options, protocol_mismatches

@@ -6,7 +6,7 @@ DataLoader workers PyTorch blames shared memory). The check opens the environmen
 two meta pages (LMDB reads them with ``pread``, and they are checked to lie within the file), and compares the size
 the newest meta page gives the data, ``(last_pgno + 1) * psize``, with the size of ``data.mdb``.
 
-Used where the datasets list an LMDB source (``mixed_degradation_dataset.list_source``, the errors name the option
+Used where the datasets list an LMDB source (``data.sources.list_source``, the errors name the option
 key) and where BasicSR's LMDB backend opens its environments (:func:`shared_lmdb`, which ``_compat`` makes the
 backend use), so stock BasicSR datasets on a truncated LMDB get the error as well.
 

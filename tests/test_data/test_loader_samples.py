@@ -18,7 +18,8 @@ import prepare_3task
 import pytest
 import yaml
 
-from allinone_basicsr.data.mixed_degradation_dataset import MixedDegradationDataset, decode_image
+from allinone_basicsr.data.mixed_degradation_dataset import MixedDegradationDataset
+from allinone_basicsr.data.sources import decode_image
 from allinone_basicsr.utils.resume import SeededDataset
 from allinone_basicsr.utils.seeds import sample_seed
 

@@ -401,7 +401,7 @@ def test_gt_key_map_shares_gt_images(data, tmp_path):
 
 
 def test_meta_info_keys_with_dots_keep_their_dots():
-    from allinone_basicsr.data.mixed_degradation_dataset import strip_image_extension
+    from allinone_basicsr.data.sources import strip_image_extension
     assert strip_image_extension('0025_0.8_0.04.png') == '0025_0.8_0.04'
     assert strip_image_extension('0025_0.8_0.04') == '0025_0.8_0.04'  # a bare key (subset lists)
     assert strip_image_extension('a.JPG') == 'a'
