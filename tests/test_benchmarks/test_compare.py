@@ -324,9 +324,10 @@ def test_runs_made_with_other_versions_or_metric_options_are_named_in_one_warnin
     assert err[0] == (f'compare: warning: the runs differ in scikit-image: {skimage} in run_a, run_c; 0.19.3 in '
                       'run_b')
     assert err[1].startswith("compare: warning: the runs differ in the protocol of metric 'psnr': "
-                             "allinone_basicsr.metrics.psnr_ssim_metric.calculate_psnr_aio(crop_border=0, "
-                             "data_range=1.0, input='float RGB tensors', clamp=True) in run_a, run_b; ")
-    assert err[1].endswith('(crop_border=4, data_range=1.0, input=\'float RGB tensors\', clamp=True) in run_c')
+                             'allinone_basicsr.metrics.psnr_ssim_metric.calculate_psnr_aio(crop_border=0, ')
+    first, second = err[1].split('; ')
+    assert first.endswith(" input='float RGB tensors', clamp=True) in run_a, run_b")
+    assert '(crop_border=4, ' in second and second.endswith(' in run_c')
     assert len(err) == 2, err
     md = (tmp_path / 'cmp' / 'compare.md').read_text()
     assert err[0].split('warning: ')[1] in md and err[1].split('warning: ')[1] in md

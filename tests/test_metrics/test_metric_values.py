@@ -11,8 +11,8 @@ from allinone_basicsr.metrics.psnr_ssim_metric import calculate_psnr_aio, calcul
 from allinone_basicsr.utils.metric_table import score
 from allinone_basicsr.utils.run_record import versions
 
-STORED_WITH = {'torch': '2.14.1+cu130', 'scikit-image': '0.26.0', 'basicsr': '1.4.2', 'numpy': '2.4.6', 'scipy': '1.17.1',
-               'opencv-python': '5.1.0'}
+STORED_WITH = {'torch': '2.14.1+cu130', 'scikit-image': '0.26.0', 'basicsr': '1.4.2', 'numpy': '2.4.6',
+               'scipy': '1.17.1', 'opencv-python': '5.1.0'}
 # (metric options, value): computed once with STORED_WITH
 STORED = [
     ({'type': 'calculate_psnr_aio'}, 26.578951829488105),
