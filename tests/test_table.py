@@ -176,6 +176,14 @@ def test_rows_made_with_other_versions_or_metric_options_are_warned_and_noted(tm
     assert {c['ours'] for c in cells if c['column'] == 'noise' and c['metric'] == 'psnr'} == {30.0}
 
 
+def test_a_record_that_is_not_json_is_a_usage_error_naming_it(tmp_path):
+    spec = write_project(tmp_path)
+    write_results(tmp_path / 'results' / 'RunA_test', [('BSD68_sigma25', 30.5, 0.86), ('Rain100L', 35.0, 0.95)])
+    (tmp_path / 'results' / 'RunA_test' / 'metrics.json').write_text('{"versions": ')
+    with pytest.raises(tb.UsageError, match=r'RunA_test/metrics.json: not a JSON record of versions'):
+        tb.main([str(spec), '--root', str(tmp_path), '--out', str(tmp_path / 'out'), '--no-macs'])
+
+
 # ------------------------------------------------------------------------------------------------- spec errors
 @pytest.mark.parametrize('edit, message', [
     (lambda s: s['rows'][1].update(test='options/test_Nope.yml'),

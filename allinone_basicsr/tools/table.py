@@ -188,14 +188,17 @@ class TableWarning(UserWarning):
 def record_notes(spec, root='.'):
     """One line per field (library version, protocol of a metric of the spec) in which the rows' runs differ, and
     one naming the runs without ``metrics.json``; rows sharing a results folder count once, rows not run not at
-    all."""
+    all. A ``metrics.json`` that is not a record is a :class:`UsageError` naming it."""
     runs = OrderedDict()
     for row in spec.rows:
         folder = _results_folder(row, root)
         if osp.isfile(osp.join(folder, 'metrics.csv')):
             runs.setdefault(folder, (row.label, row.results))
-    return differences([(label, results, read_record(folder)) for folder, (label, results) in runs.items()],
-                       spec.metrics)
+    try:
+        records = [(label, results, read_record(folder)) for folder, (label, results) in runs.items()]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return differences(records, spec.metrics)
 
 
 def _row_cells(cells, row_label):
