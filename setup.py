@@ -34,7 +34,9 @@ setup(
         'Pillow',  # restore's completeness checks of image files (also a dependency of torchvision)
         'open_clip_torch',
         'pyyaml',
-        'scikit-image',  # metrics (PSNR/SSIM reference implementation) and the demo photos
+        # metrics (PSNR/SSIM reference implementation) and the demo photos; pinned to the release the stored metric
+        # values were checked with (tests/test_metrics/test_metric_values.py): its PSNR/SSIM move the reported numbers
+        'scikit-image>=0.26,<0.27',
         'tqdm',
     ],
     extras_require={'test': ['pytest'], 'dev': ['pytest', 'flake8', 'isort>=5', 'pre-commit']},

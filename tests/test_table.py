@@ -135,6 +135,55 @@ def test_results_missing_a_set_are_marked(tmp_path):
     assert '| A | ours |  | 29.00/0.8000 | missing | missing | ✓ |' in text  # no efficiency counter: no size
 
 
+def test_rows_made_with_other_versions_or_metric_options_are_warned_and_noted(tmp_path):
+    """Rows whose runs' records (written as a run writes them, then changed by hand: basicsr's version in B, the
+    ssim protocol in C) differ: one warning per field naming the rows, the same lines among the table's notes; a
+    row without a record gets the notice; the CSV reader is unchanged (the numbers are the files')."""
+    from allinone_basicsr.utils.metric_table import metric_protocol
+    from allinone_basicsr.utils.run_record import versions, write_record
+
+    def like_b(spec):  # rows C and D: B's printed numbers
+        for row in spec['rows'][2:]:
+            row.update({k: v for k, v in spec['rows'][1].items() if k in ('paper', 'notes', 'text')})
+
+    spec = tb.load_spec(str(write_project(tmp_path, rows=(('A', 'RunA', True), ('B', 'RunB', False),
+                                                          ('C', 'RunC', False), ('D', 'RunD', False)),
+                                          spec_edit=like_b)))
+    metrics = {'metrics': {'psnr': {'type': 'calculate_psnr_aio'}, 'ssim': {'type': 'calculate_ssim_aio'}}}
+    for name in ('RunA', 'RunB', 'RunC', 'RunD'):
+        folder = tmp_path / 'results' / f'{name}_test'
+        write_results(folder, [('BSD68_sigma25', 30.0, 0.8), ('Rain100L', 35.0, 0.9)])
+        record = {'versions': versions(), 'protocol': metric_protocol(metrics)}
+        if name == 'RunB':
+            record['versions']['basicsr'] = '1.3.5'
+        if name == 'RunC':
+            record['protocol']['ssim']['data_range'] = 255
+        if name != 'RunD':
+            write_record(folder, record)
+    out = tmp_path / 'out'
+    with pytest.warns(tb.TableWarning) as caught:
+        text, cells, _ = tb.write_table(spec, str(out), root=str(tmp_path))
+    messages = [str(w.message) for w in caught]
+    assert messages[0] == 't: D (results/RunD_test): no metrics.json (results written before runs recorded ' \
+        'what made them): the library versions and metric protocol of their numbers are unknown'
+    assert messages[1] == f't: the runs differ in basicsr: {versions()["basicsr"]} in A, C; 1.3.5 in B'
+    assert messages[2].startswith("t: the runs differ in the protocol of metric 'ssim': ")
+    assert messages[2].split('; ')[0].endswith(' in A, B') and 'data_range=255' in messages[2].split('; ')[1]
+    assert messages[2].endswith(' in C')
+    assert len(messages) == 3, messages
+    for message in messages:
+        assert f'- {message[3:]}' in text.splitlines()
+    assert {c['ours'] for c in cells if c['column'] == 'noise' and c['metric'] == 'psnr'} == {30.0}
+
+
+def test_a_record_that_is_not_json_is_a_usage_error_naming_it(tmp_path):
+    spec = write_project(tmp_path)
+    write_results(tmp_path / 'results' / 'RunA_test', [('BSD68_sigma25', 30.5, 0.86), ('Rain100L', 35.0, 0.95)])
+    (tmp_path / 'results' / 'RunA_test' / 'metrics.json').write_text('{"versions": ')
+    with pytest.raises(tb.UsageError, match=r'RunA_test/metrics.json: not a JSON record of versions'):
+        tb.main([str(spec), '--root', str(tmp_path), '--out', str(tmp_path / 'out'), '--no-macs'])
+
+
 # ------------------------------------------------------------------------------------------------- spec errors
 @pytest.mark.parametrize('edit, message', [
     (lambda s: s['rows'][1].update(test='options/test_Nope.yml'),

@@ -32,6 +32,9 @@ The numbers are checked rather than trusted:
   every image's bytes and the noise level, ``utils.metric_table.set_fingerprint``). Runs whose fingerprints of one
   set differ are refused, naming the set and both runs (``--common-sets`` leaves such sets out instead); a run
   without fingerprints (an older metrics.csv) is compared by name, with a one-line warning.
+- Each run's ``metrics.json`` records what made its numbers (the versions of torch, scikit-image, basicsr and the
+  plugin, and the metric's protocol: function and options, ``utils/run_record.py``); runs that differ in any of them
+  get one warning per differing field, naming the runs; runs without the record (older results) one notice.
 - A set with a value that is not finite in any column (e.g. an inf PSNR) is left out of that run's average of every
   metric, as in the runs' own tables.
 
@@ -52,6 +55,7 @@ import numpy as np
 from allinone_basicsr.tools.common import InputNotFoundError, UsageError, build_network, read_metrics_csv, run
 from allinone_basicsr.utils.metric_table import finite_mean, format_value
 from allinone_basicsr.utils.options import read_yaml
+from allinone_basicsr.utils.run_record import differences, read_record
 
 PLOT_FORMATS = ('png', 'svg', 'pdf')
 
@@ -363,9 +367,10 @@ def compare(folders, metric='psnr', out='results/compare', macs_size=None, commo
     sets, notes = select_sets([(name, folder, values) for name, folder, values, *_ in runs], common_sets)
     sets, fingerprint_notes = check_fingerprints([(name, folder, rows) for name, folder, _, _, rows in runs], sets,
                                                  common_sets)
-    for message in fingerprint_notes:
+    record_notes = differences([(name, folder, read_record(folder)) for name, folder, *_ in runs], [metric])
+    for message in fingerprint_notes + record_notes:
         warnings.warn(message, CompareWarning, stacklevel=2)
-    notes += fingerprint_notes
+    notes += fingerprint_notes + record_notes
     methods = [name for name, *_ in runs]
     table = {name: {s: values[s] for s in sets} for name, _, values, *_ in runs}
     averages, counts = {}, {}

@@ -15,7 +15,9 @@ directory, where ``python -m allinone_basicsr.test`` writes them).
 For each spec, ``<out>/<spec name>.md`` and ``.csv`` (default ``--out``: ``results/tables`` under ``--root``): every
 row as three lines, ours / the paper's / the difference (ours - paper), in the paper's column order. Rows whose
 results do not exist yet are marked *not run*; cells the row's test file does not score are marked with a dash.
-Averages are computed from our per-set values (never read from a run's own Average row). Parameters (trainable)
+Averages are computed from our per-set values (never read from a run's own Average row). Rows whose runs'
+``metrics.json`` differ in a library version or the protocol of a metric of the spec get a warning per field (and a
+note in the table); runs without one a notice. Parameters (trainable)
 are counted from the row's test option file; MACs (mmengine, attention counted) at the spec's size unless
 ``--no-macs``.
 
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from os import path as osp
 
 from allinone_basicsr.tools.common import UsageError, build_network, run
@@ -42,6 +45,7 @@ from allinone_basicsr.tools.table_smoke import SMOKE_MACS_SIZE, run_smoke, smoke
 from allinone_basicsr.tools.table_spec import (MISSING, NOT_GIVEN, NOT_RUN, NOT_TESTED, TableSpecError, _load_yaml,
                                                applicable, load_spec, our_cell, read_results)
 from allinone_basicsr.utils.metric_table import format_value
+from allinone_basicsr.utils.run_record import differences, read_record
 from allinone_basicsr.utils.smoke import SMOKE_NETWORKS  # noqa: F401  (the sizes --smoke uses)
 
 
@@ -130,7 +134,7 @@ def build_table(spec, root='.', efficiency=None, macs_size=None):
     """
     cells, statuses = [], {}
     for row in spec.rows:
-        folder = row.results if osp.isabs(row.results) else osp.join(root, row.results)
+        folder = _results_folder(row, root)
         results = read_results(folder)
         statuses[row.label] = 'ok' if results is not None else NOT_RUN
         base = dict(table=spec.name, row=row.label, train=row.train_name, test=row.test_name, results=row.results)
@@ -171,6 +175,30 @@ def build_table(spec, root='.', efficiency=None, macs_size=None):
                               ours=mine, paper=paper, diff=diff, status='ok' if mine is not None else 'not counted',
                               note=note if paper is None else ''))
     return cells, statuses
+
+
+def _results_folder(row, root):
+    return row.results if osp.isabs(row.results) else osp.join(root, row.results)
+
+
+class TableWarning(UserWarning):
+    """The runs a table joins were made differently (``utils/run_record.py``)."""
+
+
+def record_notes(spec, root='.'):
+    """One line per field (library version, protocol of a metric of the spec) in which the rows' runs differ, and
+    one naming the runs without ``metrics.json``; rows sharing a results folder count once, rows not run not at
+    all. A ``metrics.json`` that is not a record is a :class:`UsageError` naming it."""
+    runs = OrderedDict()
+    for row in spec.rows:
+        folder = _results_folder(row, root)
+        if osp.isfile(osp.join(folder, 'metrics.csv')):
+            runs.setdefault(folder, (row.label, row.results))
+    try:
+        records = [(label, results, read_record(folder)) for folder, (label, results) in runs.items()]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return differences(records, spec.metrics)
 
 
 def _row_cells(cells, row_label):
@@ -215,7 +243,7 @@ def column_label(column, macs_size=None):
     return f'{column.label} {macs_size or column.size}²' if column.kind == 'gmacs' else column.label
 
 
-def render_markdown(spec, cells, statuses, root='.', smoke=False, macs_size=None):
+def render_markdown(spec, cells, statuses, root='.', smoke=False, macs_size=None, records=()):
     metric_names = ' / '.join(m.upper() if len(m) <= 4 else m for m in spec.metrics)
     lines = [f'# {spec.title}', '']
     if smoke:
@@ -247,7 +275,7 @@ def render_markdown(spec, cells, statuses, root='.', smoke=False, macs_size=None
               'test file; not run = no results yet (`python -m allinone_basicsr.test -opt <test>`); missing = the '
               'results lack the set.', '']
     footnotes = [f'- {label} ({"every row" if len(rows) == len(spec.rows) else ", ".join(rows)}): {note}'
-                 for label, (note, rows) in column_notes.items()] + footnotes
+                 for label, (note, rows) in column_notes.items()] + footnotes + [f'- {n}' for n in records]
     if footnotes or spec.notes:
         lines += ['Notes:'] + footnotes + [f'- {n}' for n in spec.notes] + ['']
     lines += ['Rows:']
@@ -264,7 +292,10 @@ CSV_FIELDS = ('table', 'row', 'column', 'label', 'kind', 'metric', 'ours', 'pape
 def write_table(spec, out, root='.', efficiency=None, smoke=False, macs_size=None):
     """Write ``<out>/<spec name>.md`` and ``.csv``; returns (markdown text, cells, statuses)."""
     cells, statuses = build_table(spec, root, efficiency, macs_size)
-    text = render_markdown(spec, cells, statuses, root=root, smoke=smoke, macs_size=macs_size)
+    records = record_notes(spec, root)
+    for note in records:
+        warnings.warn(f'{spec.name}: {note}', TableWarning, stacklevel=2)
+    text = render_markdown(spec, cells, statuses, root=root, smoke=smoke, macs_size=macs_size, records=records)
     os.makedirs(out, exist_ok=True)
     with open(osp.join(out, f'{spec.name}.md'), 'w') as f:
         f.write(text)

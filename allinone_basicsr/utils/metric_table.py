@@ -5,16 +5,20 @@ logged and written as ``metrics.csv`` / ``metrics.md``.
 :class:`MetricTable`, which knows when a round is complete. The formatting helpers are used by ``compare`` too.
 
 A row records its set's ``fingerprint`` (what the images are, :func:`set_fingerprint`), so that ``compare`` can
-tell two sets of one name apart. A set with an inf / NaN value in any column is left out of the Average of every
-column (its PSNR and SSIM alike), and the table names it.
+tell two sets of one name apart; ``metrics.json`` beside the tables records what made the numbers (the library
+versions and :func:`metric_protocol`, ``utils/run_record.py``). A set with an inf / NaN value in any column is left
+out of the Average of every column (its PSNR and SSIM alike), and the table names it.
 """
 import csv
+import inspect
 import math
 import os
 from collections import OrderedDict
 from os import path as osp
 
 import torch
+
+from allinone_basicsr.utils.run_record import format_record, versions, write_record
 
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, tensor2img
@@ -33,12 +37,35 @@ def score(metric_opt, img, gt):
     - BasicSR's numpy metrics (``calculate_psnr`` / ``calculate_ssim`` with ``crop_border``, ``test_y_channel``,
       NIQE, ...): uint8 BGR images from ``tensor2img``, exactly as BasicSR's SRModel gives them.
     """
-    func = METRIC_REGISTRY.get(metric_opt['type'])
-    if func.__module__.startswith('allinone_basicsr.') or metric_opt['type'].endswith('_pt'):
+    if _fed_tensors(metric_opt):
         value = calculate_metric({'img': img, 'img2': gt}, metric_opt)
     else:
         value = calculate_metric({'img': tensor2img([img]), 'img2': tensor2img([gt])}, metric_opt)
     return float(value.mean() if torch.is_tensor(value) else value)
+
+
+def _fed_tensors(metric_opt):
+    """Whether :func:`score` feeds the metric the float RGB tensors (else uint8 BGR images)."""
+    func = METRIC_REGISTRY.get(metric_opt['type'])
+    return func.__module__.startswith('allinone_basicsr.') or metric_opt['type'].endswith('_pt')
+
+
+def metric_protocol(val_opt):
+    """What each metric of ``val_opt['metrics']`` computes, as the run's record keeps it: the function, its options
+    (the option file's over the function's defaults: ``crop_border``, ``test_y_channel``, ``data_range``, ...),
+    the images it is fed (:func:`score`) and whether the output is clamped to [0, 1] first (``val.clamp``)."""
+    protocol = OrderedDict()
+    for name, metric_opt in (val_opt.get('metrics') or {}).items():
+        func = METRIC_REGISTRY.get(metric_opt['type'])
+        entry = OrderedDict(function=f'{func.__module__}.{func.__name__}')
+        entry.update((k, p.default) for k, p in inspect.signature(func).parameters.items()
+                     if p.default is not inspect.Parameter.empty)
+        entry.update((k, v) for k, v in metric_opt.items() if k != 'type')
+        entry['input'] = ('task logits' if metric_opt['type'] in ROUTING_METRICS else
+                          'float RGB tensors' if _fed_tensors(metric_opt) else 'uint8 BGR images (tensor2img)')
+        entry['clamp'] = bool(val_opt.get('clamp', True))
+        protocol[name] = entry
+    return protocol
 
 
 class SetScores:
@@ -109,16 +136,19 @@ class MetricTable:
     a complete round (stock ``train_pipeline``'s final validation after a periodic one at the same iteration),
     starts a round."""
 
-    def __init__(self, name, folder, expected):
-        self.name, self.folder, self.expected = name, folder, list(expected)
+    def __init__(self, name, folder, expected, record=None):
+        self.name, self.folder, self.expected, self.record = name, folder, list(expected), record
         self.iteration, self.rows = None, OrderedDict()
 
     @classmethod
     def for_run(cls, opt):
         """The table of a training run (in its experiment folder) or test run (results folder), expecting every
-        ``val*`` / ``test*`` set of ``opt['datasets']``."""
+        ``val*`` / ``test*`` set of ``opt['datasets']``; its record: the library versions and
+        :func:`metric_protocol`."""
         expected = [k for k in opt['datasets'] if k.split('_')[0] in ('val', 'test')]
-        return cls(opt['name'], opt['path']['experiments_root' if opt['is_train'] else 'results_root'], expected)
+        record = OrderedDict(versions=versions(), protocol=metric_protocol(opt.get('val') or {}))
+        return cls(opt['name'], opt['path']['experiments_root' if opt['is_train'] else 'results_root'], expected,
+                   record)
 
     def add(self, iteration, row):
         if self.iteration != iteration or len(self.rows) >= len(self.expected):
@@ -130,7 +160,7 @@ class MetricTable:
             get_root_logger().warning(f'Test set {row["test_set"]}: {", ".join(bad)}; the set is left out of the '
                                       'Average (of every metric). ' + INF_HINT)
         rows = list(self.rows.values())
-        write_metric_table(rows, self.folder, self.name)
+        write_metric_table(rows, self.folder, self.name, self.record)
         if len(rows) >= len(self.expected):
             get_root_logger().info(f'Results of {self.name} at {iteration}:\n' + format_metric_table(rows))
 
@@ -208,8 +238,9 @@ def format_metric_table(rows):
 
 
 @master_only
-def write_metric_table(rows, folder, name):
-    """Write ``metrics.csv`` (full precision, with the average row) and ``metrics.md`` into ``folder``."""
+def write_metric_table(rows, folder, name, record=None):
+    """Write ``metrics.csv`` (full precision, with the average row) and ``metrics.md`` into ``folder``; with
+    ``record`` (what made the numbers), ``metrics.json`` too, and its one-line summary under the markdown table."""
     os.makedirs(folder, exist_ok=True)
     all_rows = list(rows) + [average_row(rows)]
     with open(osp.join(folder, 'metrics.csv'), 'w', newline='') as f:
@@ -217,4 +248,6 @@ def write_metric_table(rows, folder, name):
         writer.writeheader()
         writer.writerows(all_rows)
     with open(osp.join(folder, 'metrics.md'), 'w') as f:
-        f.write(f'# {name}\n\n{format_metric_table(rows)}\n')
+        f.write(f'# {name}\n\n{format_metric_table(rows)}\n' + (f'\n{format_record(record)}\n' if record else ''))
+    if record:
+        write_record(folder, record)

@@ -11,15 +11,20 @@ import pytest
 import yaml
 
 from allinone_basicsr.tools.compare import CompareWarning, main, plot_metric
+from allinone_basicsr.utils.metric_table import metric_protocol
+from allinone_basicsr.utils.run_record import read_record, versions, write_record
 
 ROWS = {'run_a': {'set1': 30.5, 'set2': 20.25}, 'run_b': {'set1': 31.0, 'set2': 25.0}}
 NET = {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1, 1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1, 1]}
 
 
+PROTOCOL = {'metrics': {'psnr': {'type': 'calculate_psnr_aio'}, 'ssim': {'type': 'calculate_ssim_aio'}}}
+
+
 def _write_run(folder, values, yml=True, average=None, ssim=0.5):
-    """A results/<name> folder as allinone_basicsr.test writes it (each set's fingerprint: one per set name);
-    ``average`` overrides the Average row's value (to tell compare's own average from the run's); without ``yml``,
-    no option file (no model to build)."""
+    """A results/<name> folder as allinone_basicsr.test writes it (each set's fingerprint: one per set name; the
+    record of what made it, ``metrics.json``: this process's versions); ``average`` overrides the Average row's
+    value (to tell compare's own average from the run's); without ``yml``, no option file (no model to build)."""
     folder.mkdir(parents=True)
     with open(folder / 'metrics.csv', 'w', newline='') as f:
         writer = csv.writer(f)
@@ -27,6 +32,7 @@ def _write_run(folder, values, yml=True, average=None, ssim=0.5):
         for name, value in values.items():
             writer.writerow([name, 'noise', 3, value, ssim, f'sha256:{name}'])
         writer.writerow(['Average', '', 6, sum(values.values()) / len(values) if average is None else average, 0.5])
+    write_record(folder, {'versions': versions(), 'protocol': metric_protocol(PROTOCOL)})
     if yml:
         (folder / 'test.yml').write_text(yaml.safe_dump({'name': folder.name, 'network_g': NET}))
 
@@ -290,7 +296,105 @@ def test_runs_without_fingerprints_are_compared_by_name_with_a_notice(tmp_path, 
     assert exit_.value.code == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f'compare: warning: {n} ({tmp_path / n}): no test-set fingerprint in its metrics.csv (an older '
-                   'file, or a stock dataset) for set1: compared by name only' for n in ('old_a', 'old_b')]
+                   'file, or a stock dataset) for set1: compared by name only' for n in ('old_a', 'old_b')] + [
+        f'compare: warning: old_a ({tmp_path / "old_a"}), old_b ({tmp_path / "old_b"}): no metrics.json (results '
+        'written before runs recorded what made them): the library versions and metric protocol of their numbers '
+        'are unknown']
+
+
+def test_runs_made_with_other_versions_or_metric_options_are_named_in_one_warning_each(tmp_path, capsys):
+    """Three runs whose records (written as a run writes them, then one version and one metric option changed by
+    hand) differ in scikit-image and in psnr's crop_border: one warning per field, naming the runs; a field of
+    another metric (ssim) is not the compared one and says nothing; the notes are in compare.md too."""
+    from allinone_basicsr.tools import compare
+    for name in ('run_a', 'run_b', 'run_c'):
+        _write_run(tmp_path / name, ROWS['run_a'], yml=False)
+    record = read_record(tmp_path / 'run_b')
+    record['versions']['scikit-image'] = '0.19.3'
+    record['protocol']['ssim']['data_range'] = 255
+    write_record(tmp_path / 'run_b', record)
+    record = read_record(tmp_path / 'run_c')
+    record['protocol']['psnr']['crop_border'] = 4
+    write_record(tmp_path / 'run_c', record)
+    with pytest.raises(SystemExit) as exit_:
+        compare.cli([str(tmp_path / n) for n in ('run_a', 'run_b', 'run_c')] + ['--out', str(tmp_path / 'cmp')])
+    assert exit_.value.code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    skimage = versions()['scikit-image']
+    assert err[0] == (f'compare: warning: the runs differ in scikit-image: {skimage} in run_a, run_c; 0.19.3 in '
+                      'run_b')
+    assert err[1].startswith("compare: warning: the runs differ in the protocol of metric 'psnr': "
+                             'allinone_basicsr.metrics.psnr_ssim_metric.calculate_psnr_aio(crop_border=0, ')
+    first, second = err[1].split('; ')
+    assert first.endswith(" input='float RGB tensors', clamp=True) in run_a, run_b")
+    assert '(crop_border=4, ' in second and second.endswith(' in run_c')
+    assert len(err) == 2, err
+    md = (tmp_path / 'cmp' / 'compare.md').read_text()
+    assert err[0].split('warning: ')[1] in md and err[1].split('warning: ')[1] in md
+
+
+@pytest.mark.slow
+def test_a_test_run_records_what_made_its_numbers_and_compare_reads_it(tmp_path, capsys):
+    """A real test run (``allinone_basicsr.test``, a tiny random SymUNet on the demo noise set) writes metrics.json:
+    the versions of torch, scikit-image, basicsr and the plugin (this checkout's git hash), and the protocol of its
+    metrics; metrics.md says it in a line; metrics.csv reads as before (fingerprint kept). A copy whose record names
+    another torch is compared with one warning naming both runs."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import skimage
+    import torch
+    from make_demo_data import build_demo_data
+    from pipeline_util import run_python
+
+    from allinone_basicsr.tools import compare
+    from allinone_basicsr.tools.common import read_metrics_csv
+
+    import basicsr
+
+    repo = Path(__file__).resolve().parents[2]
+    build_demo_data(str(tmp_path / 'datasets' / 'demo'), seed=0)
+    with open(repo / 'options' / 'demo' / 'test_symunet_demo.yml') as f:
+        base = yaml.safe_load(f)
+    opt = dict(base, name='run_a', network_g=dict(NET, restormer_heads=[1, 2, 4], restormer_middle_heads=8))
+    opt['path'] = {'pretrain_network_g': None}
+    opt['datasets'] = {'test_1': dict(base['datasets']['test_1_noise15'])}
+    metrics = dict(base['val']['metrics'], psnr_y={'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True})
+    opt['val'] = dict(base['val'], save_img=False, metrics=metrics)
+    (tmp_path / 'run_a.yml').write_text(yaml.safe_dump(opt))
+    run_python(['-m', 'allinone_basicsr.test', '-opt', 'run_a.yml'], tmp_path, timeout=300, threads=1)
+    results = tmp_path / 'results' / 'run_a'
+    record = read_record(results)
+    head = subprocess.run(['git', '-C', str(repo), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.strip()
+    assert record['versions']['torch'] == torch.__version__
+    assert record['versions']['scikit-image'] == skimage.__version__
+    assert record['versions']['basicsr'] == basicsr.__version__
+    assert record['versions']['allinone_basicsr'].split('+')[0] == f'git {head}'
+    assert set(record['protocol']) == set(metrics)
+    assert record['protocol']['psnr_y']['input'] == 'uint8 BGR images (tensor2img)'
+    for name, metric_opt in metrics.items():
+        entry = record['protocol'][name]
+        assert entry['function'].endswith('.' + metric_opt['type'])
+        assert {k: entry[k] for k in metric_opt if k != 'type'} == {k: v for k, v in metric_opt.items() if k != 'type'}
+        assert entry['clamp'] is True and 'crop_border' in entry
+        if metric_opt['type'].endswith('_aio'):
+            assert entry['data_range'] == 1.0 and entry['input'] == 'float RGB tensors'
+    md = (results / 'metrics.md').read_text()
+    assert f'Made with torch {torch.__version__}, scikit-image {skimage.__version__}' in md and 'metrics.json' in md
+    assert read_metrics_csv(results)['demo_sigma15']['fingerprint'].startswith('sha256:')
+
+    shutil.copytree(results, tmp_path / 'results' / 'run_b')
+    options = yaml.safe_load((tmp_path / 'results' / 'run_b' / 'options.yml').read_text())
+    (tmp_path / 'results' / 'run_b' / 'options.yml').write_text(yaml.safe_dump(dict(options, name='run_b')))
+    record['versions']['torch'] = '2.0.0'
+    write_record(tmp_path / 'results' / 'run_b', record)
+    with pytest.raises(SystemExit) as exit_:
+        compare.cli([str(results), str(tmp_path / 'results' / 'run_b'), '--out', str(tmp_path / 'cmp')])
+    assert exit_.value.code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'compare: warning: the runs differ in torch: {torch.__version__} in run_a; 2.0.0 in run_b'], err
 
 
 def test_a_set_with_an_inf_is_left_out_of_every_metric_average(tmp_path):
