@@ -11,10 +11,9 @@ Inputs are checked so that a caller with another convention cannot get a silentl
   numbers then equal BasicSR's ``calculate_psnr`` on the same images and score the 8-bit quantised output, not the
   float output the papers score (use ``model_type: AllInOneModel`` for those). BGR or RGB does not matter to
   either metric (both average over the channels).
-- float images: the ground truth must lie in [0, ``data_range``] (tolerance :data:`GT_TOLERANCE`); the output may
-  overshoot (``val.clamp: false`` scores it unclamped) but not beyond [-``data_range``, 2 ``data_range``], which
-  only an image on another scale (e.g. [0, 255] with ``data_range: 1``) reaches. Either is a ValueError naming
-  the metric.
+- float images: the ground truth must lie in [0, ``data_range``] (tolerance :data:`GT_TOLERANCE`), else a
+  ValueError naming the metric (e.g. [0, 255] images with ``data_range: 1``). The output is scored as it is:
+  ``val.clamp: false`` scores it unclamped, and an untrained network's output can lie anywhere.
 """
 import numpy as np
 import torch
@@ -28,9 +27,10 @@ _uint8_noticed = set()  # metrics that have logged their uint8 notice
 
 
 def _in_unit_scale(img, metric, which, data_range):
-    """``img`` (tensor or array) as float64 on the [0, ``data_range``] scale: uint8 mapped from 0..255 (noticed
-    once per metric), floats checked against the range (see the module docstring)."""
-    uint8 = img.dtype == (torch.uint8 if isinstance(img, torch.Tensor) else np.uint8)
+    """``img`` (tensor or array), the ``which`` ('output' or 'ground truth') of ``metric``, as a float64 array on the
+    [0, ``data_range``] scale: uint8 mapped from 0..255 (noticed once per metric), a float ground truth checked
+    against the range (see the module docstring)."""
+    uint8 = getattr(img, 'dtype', None) in (torch.uint8, np.uint8)
     img = to_hwc_array(img)
     if uint8:
         if metric not in _uint8_noticed:
@@ -41,17 +41,14 @@ def _in_unit_scale(img, metric, which, data_range):
                 'that of the 8-bit output and equals BasicSR\'s calculate_psnr on it. For the all-in-one protocol '
                 '(float output) use model_type: AllInOneModel.')
         return img * (data_range / 255.0)
-    lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
     if which == 'ground truth':
-        bounds, what = (-GT_TOLERANCE * data_range, (1 + GT_TOLERANCE) * data_range), f'[0, {data_range:g}]'
-    else:
-        bounds, what = (-data_range, 2 * data_range), f'[{-data_range:g}, {2 * data_range:g}] (an unclamped output)'
-    if lo < bounds[0] or hi > bounds[1]:
-        raise ValueError(
-            f'{metric}: the {which} (float) has values in [{lo:.4g}, {hi:.4g}], outside {what}: it is not on the '
-            f'[0, {data_range:g}] scale the metric scores (data_range={data_range:g}). AllInOneModel passes float '
-            'images in [0, 1]; pass uint8 images, or floats in [0, data_range] (e.g. data_range: 255 for float '
-            'images in [0, 255]).')
+        lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
+        if lo < -GT_TOLERANCE * data_range or hi > (1 + GT_TOLERANCE) * data_range:
+            raise ValueError(
+                f'{metric}: the ground truth (float) has values in [{lo:.4g}, {hi:.4g}], outside [0, {data_range:g}]: '
+                f'it is not on the scale the metric scores (data_range={data_range:g}). AllInOneModel passes float '
+                'images in [0, 1]; pass uint8 images, or floats in [0, data_range] (e.g. data_range: 255 for float '
+                'images in [0, 255]).')
     return img
 
 
@@ -69,7 +66,7 @@ def to_hwc_array(img):
 
 
 def _prepare(img, img2, crop_border, metric, data_range):
-    img2 = _in_unit_scale(img2, metric, 'ground truth', data_range)  # first: its range is the stricter check
+    img2 = _in_unit_scale(img2, metric, 'ground truth', data_range)  # first: its range is checked
     img = _in_unit_scale(img, metric, 'output', data_range)
     if img.shape != img2.shape:
         raise ValueError(f'image shapes differ: {img.shape} vs {img2.shape}')
