@@ -113,3 +113,32 @@ def test_an_unclamped_output_is_scored_as_it_is():
     over = noisy * 4 - 1.5  # in [-1.5, 2.5]: an untrained network's
     ours = METRIC_REGISTRY.get('calculate_psnr_aio')(to_tensor(over), to_tensor(gt))
     assert ours == pytest.approx(peak_signal_noise_ratio(gt, over, data_range=1), abs=1e-4)
+
+
+class _OneImageLoader(list):
+    """What ``SRModel.nondist_validation`` iterates: batches with ``lq``/``gt``/``lq_path``, and a dataset with
+    ``opt['name']``."""
+
+    class dataset:
+        opt = {'name': 'one'}
+
+
+def test_stock_srmodel_validation_scores_psnr_aio_as_calculate_psnr(tmp_path):
+    """BasicSR's own SRModel validation with ``calculate_psnr_aio`` beside ``calculate_psnr``: the same number
+    (before: -33.44 dB next to 14.69 dB on these images), and ``calculate_ssim_aio`` in (0, 1]."""
+    from basicsr.models import build_model
+    noisy, gt = photo_pair(0.1)
+    opt = {'name': 'stock', 'model_type': 'SRModel', 'num_gpu': 0, 'is_train': False, 'dist': False, 'rank': 0,
+           'scale': 1, 'path': {'pretrain_network_g': None, 'visualization': str(tmp_path)},
+           'network_g': {'type': 'SymUNet', 'width': 8, 'enc_blk_nums': [1], 'middle_blk_num': 1,
+                         'dec_blk_nums': [1], 'restormer_heads': [1], 'restormer_middle_heads': 2},
+           'val': {'save_img': False, 'pbar': False,
+                   'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+                               'psnr_aio': {'type': 'calculate_psnr_aio'},
+                               'ssim_aio': {'type': 'calculate_ssim_aio'}}}}
+    model = build_model(opt)
+    loader = _OneImageLoader([{'lq': to_tensor(noisy), 'gt': to_tensor(gt), 'lq_path': ['img_000.png']}])
+    model.nondist_validation(loader, 0, None, False)
+    scores = model.metric_results
+    assert 5 < scores['psnr'] < 40 and abs(scores['psnr_aio'] - scores['psnr']) < 1e-6, scores
+    assert 0 < scores['ssim_aio'] <= 1
