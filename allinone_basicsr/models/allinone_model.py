@@ -83,7 +83,7 @@ class AllInOneModel(SRModel):
         logger = get_root_logger()
         state = extract_state_dict(load_checkpoint(load_path, logger), param_key, load_path)
         net = self.get_bare_model(net)
-        logger.info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}).')
+        logger.info(f'Loading {net.__class__.__name__} from {load_path} (strict={strict}). Weights: {state.source}.')
         self._print_different_keys_loading(net, state, strict)
         check_state_dict_fits(net, state, strict, load_path)
         net.load_state_dict(state, strict=strict)

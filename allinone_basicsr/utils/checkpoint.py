@@ -101,6 +101,7 @@ class NetworkState(dict):
     def __init__(self, entries=(), embedded=None):
         super().__init__(entries)
         self.embedded = dict(embedded or {})
+        self.source = None  # which part of the file it is, for the log (extract_state_dict sets it)
 
 
 def split_embedded(state):
@@ -133,37 +134,52 @@ def strip_prefix(state, prefix='module.'):
     return state
 
 
-def extract_state_dict(ckpt, param_key='params', path='checkpoint'):
+def extract_state_dict(ckpt, param_key='params', path='checkpoint', option='path.param_key_g'):
     """The network state dict inside a loaded checkpoint, whatever the known layout.
 
     Known layouts:
-        - BasicSR / official SymUNet: ``{'params': ..., 'params_ema': ...}`` (``param_key`` first, then ``params``);
+        - BasicSR / official SymUNet: ``{'params': ..., 'params_ema': ...}``: the entry ``param_key`` names (``None``:
+          ``params``). A key the file lacks is a ValueError listing the keys it has, except ``params_ema`` in a file
+          with only ``params`` (what a training without EMA writes): ``params`` is used, as stock BasicSR does, and
+          ``source`` says so;
         - PyTorch Lightning / official PromptIR ``model.ckpt``: ``{'state_dict': {'net.<key>': ...}, 'epoch': ...}``
           (the ``net.`` entries, prefix removed; all entries if none has that prefix);
-        - a bare state dict.
-    DDP's ``module.`` prefix is removed. Anything else raises a ValueError listing the top-level keys found.
+        - a bare state dict (the whole dict).
+    The last two have no param key: ``param_key`` does not apply to them. DDP's ``module.`` prefix is removed.
+    Anything else raises a ValueError listing the top-level keys found.
     Returns a :class:`NetworkState`: frozen submodules the checkpoint embeds (official SE-SymUNet: ``params`` with
     the Hugging Face CLIPModel under ``clip_model.``) are set apart in its ``embedded``, so the key checks see the
-    network's own entries and the arch's ``load_state_dict`` takes the rest.
+    network's own entries and the arch's ``load_state_dict`` takes the rest. Its ``source`` says, for the log, which
+    part of the file it is (``param key [params_ema]``, ``the whole dict: the file has no param key ...``).
     """
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
-    state = None
-    for key in (param_key, 'params'):
-        if key and isinstance(ckpt.get(key), dict):
-            state = ckpt[key]
-            break
-    if state is None and isinstance(ckpt.get('state_dict'), dict):
+    state, source = None, None
+    param_keys = sorted(str(k) for k, v in ckpt.items() if str(k).startswith('params') and isinstance(v, dict))
+    ignored = f' ({option}: {param_key} does not apply)' if param_key not in (None, 'params') else ''
+    if param_keys:
+        use = 'params' if param_key is None else param_key
+        if use not in param_keys and use == 'params_ema' and 'params' in param_keys:
+            use, source = 'params', 'param key [params] (the file has no params_ema: BasicSR uses params then)'
+        if use not in param_keys:
+            raise ValueError(f'{option}: {use!r} is not a key of {path}; the keys it has: {param_keys}. Set {option} '
+                             'to one of them (params_ema: the EMA weights, when the training kept them).')
+        state, source = ckpt[use], source or f'param key [{use}]'
+    elif isinstance(ckpt.get('state_dict'), dict):
         state = ckpt['state_dict']
         net = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
         state = net or state
-    if state is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        state = ckpt
+        what = "its state_dict's net.* entries" if net else 'its whole state_dict'
+        source = f'{what}: the file has no param key (a Lightning checkpoint){ignored}'
+    elif ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state, source = ckpt, f'the whole dict: the file has no param key (a bare state dict){ignored}'
     if state is None:
         raise ValueError(f'{path}: unknown checkpoint layout; top-level keys: {sorted(map(str, ckpt))[:20]}. '
                          'Known layouts: BasicSR {"params"/"params_ema": state_dict}, Lightning '
                          '{"state_dict": {"net.<key>": ...}} (official PromptIR), or a bare state_dict.')
-    return split_embedded(strip_prefix(state))
+    state = split_embedded(strip_prefix(state))
+    state.source = source
+    return state
 
 
 _SYMUNET = {'intro', 'ending', 'encoders', 'downs', 'ups', 'decoders', 'middle_blks'}

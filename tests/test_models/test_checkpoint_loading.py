@@ -3,6 +3,7 @@ import argparse
 
 import pytest
 import torch
+from log_capture import BasicsrLog
 
 from basicsr.models import build_model
 
@@ -92,8 +93,39 @@ def test_basicsr_and_bare_checkpoints(tmp_path, reference, layout):
     }[layout]
     torch.save(ckpt, tmp_path / 'net_g.pth')
     param_key = 'params_ema' if layout == 'params_ema' else 'params'
-    model = build_from(tmp_path / 'net_g.pth', reference, param_key_g=param_key)
+    with BasicsrLog() as log:
+        model = build_from(tmp_path / 'net_g.pth', reference, param_key_g=param_key)
     assert (output_of(model, reference) - reference['output']).abs().max() <= reference['atol']
+    weights = 'the whole dict: the file has no param key (a bare state dict)' if layout == 'bare' else \
+        f'param key [{param_key}]'
+    assert f'Loading PromptIR from {tmp_path / "net_g.pth"} (strict=True). Weights: {weights}.' in log
+
+
+def test_a_param_key_the_file_lacks_is_an_error_listing_its_keys(tmp_path, reference):
+    """``param_key_g: foo`` (a typo) is refused with the keys the file has, not loaded from ``params``."""
+    sd = reference['state_dict']
+    torch.save({'params': {k: torch.zeros_like(v) for k, v in sd.items()}, 'params_ema': sd}, tmp_path / 'net_g.pth')
+    with pytest.raises(ValueError, match=r"path\.param_key_g: 'foo' is not a key of .*net_g\.pth; the keys it has: "
+                       r"\['params', 'params_ema'\]\. Set path\.param_key_g to one of them"):
+        build_from(tmp_path / 'net_g.pth', reference, param_key_g='foo')
+
+
+def test_params_ema_in_a_file_without_ema_uses_params_and_says_so(tmp_path, reference):
+    """A training without EMA writes only ``params``: ``param_key_g: params_ema`` loads it, as stock BasicSR does,
+    and the log says which key was used."""
+    torch.save({'params': reference['state_dict']}, tmp_path / 'net_g.pth')
+    with BasicsrLog() as log:
+        model = build_from(tmp_path / 'net_g.pth', reference, param_key_g='params_ema')
+    assert (output_of(model, reference) - reference['output']).abs().max() <= reference['atol']
+    assert any('Weights: param key [params] (the file has no params_ema' in m for m in log), log
+
+
+def test_lightning_checkpoint_says_it_has_no_param_key(tmp_path, reference):
+    torch.save(lightning_checkpoint(reference), tmp_path / 'model.ckpt')
+    with BasicsrLog() as log:
+        build_from(tmp_path / 'model.ckpt', reference, param_key_g='params_ema')
+    assert any("Weights: its state_dict's net.* entries: the file has no param key (a Lightning checkpoint) "
+               '(path.param_key_g: params_ema does not apply).' in m for m in log), log
 
 
 def test_unknown_layout_lists_top_level_keys(tmp_path, reference):
