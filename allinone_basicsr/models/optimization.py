@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from allinone_basicsr.utils.option_keys import BUILT_BLOCKS, OPTIMIZER_BLOCKS
+
 from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.utils import get_root_logger
 from .lr_scheduler import LinearWarmupCosineLR
@@ -286,3 +288,8 @@ def resume_with_changed_settings(model, state):
                            f'step {step} as the option file now gives it (learning rate '
                            f'{model.get_current_learning_rate()[0]:.4g}).')
     return True
+
+
+for _block in OPTIMIZER_BLOCKS:  # the option-key check finds these blocks' classes here (utils/option_keys.py)
+    BUILT_BLOCKS[_block] = (optimizer_class, ('self', 'params'))
+BUILT_BLOCKS['scheduler'] = (scheduler_class, ('self', 'optimizer'))

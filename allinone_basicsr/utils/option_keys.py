@@ -21,8 +21,8 @@ level, ``train`` and ``val`` are not checked (the other sections are: BasicSR's 
 import difflib
 import inspect
 
-__all__ = ['BASICSR_KEYS', 'LOSS_BLOCKS', 'OPTIMIZER_BLOCKS', 'PLUGIN_KEYS', 'RUNTIME_KEYS', 'check_keys',
-           'unknown_key_message']
+__all__ = ['BASICSR_KEYS', 'BUILT_BLOCKS', 'LOSS_BLOCKS', 'OPTIMIZER_BLOCKS', 'PLUGIN_KEYS', 'RUNTIME_KEYS',
+           'check_keys', 'unknown_key_message']
 
 # Keys BasicSR 1.4.2 reads (grep of basicsr/{train,test}.py, utils/{options,misc,logger}.py, models/*.py).
 BASICSR_KEYS = {
@@ -67,6 +67,10 @@ RUNTIME_KEYS = {
 
 LOSS_BLOCKS = ('pixel_opt', 'perceptual_opt', 'gan_opt', 'ldl_opt', 'feature_matching_opt', 'fft_opt', 'cls_opt')
 OPTIMIZER_BLOCKS = ('optim_g', 'optim_d')
+# Blocks built by class name (``{type: Name, <its arguments>}``): block -> (the lookup of the class by name, which
+# raises a ValueError naming the valid ones; the constructor arguments the block does not give). The models register
+# their lookups here when imported (``models/optimization.py``), as archs and losses register in BasicSR's registries.
+BUILT_BLOCKS = {}
 # what the models pass to a metric function besides its options (image metrics; the routing metric)
 METRIC_DATA = ('img', 'img2', 'task_logits', 'degradation')
 
@@ -156,8 +160,6 @@ def check_keys(opt):
         ValueError: One clause per unknown key (``; `` between them), each naming its key path and the closest
             valid key or the valid ones.
     """
-    from allinone_basicsr.models.optimization import optimizer_class, scheduler_class
-
     from basicsr.utils.registry import LOSS_REGISTRY, METRIC_REGISTRY
     if not isinstance(opt, dict):
         return
@@ -176,9 +178,8 @@ def check_keys(opt):
             walk.section(train['grad_clip'], 'train.grad_clip', valid_keys('train.grad_clip'))
         for key in LOSS_BLOCKS:
             walk.registered(train.get(key), f'train.{key}', LOSS_REGISTRY, 'loss', skip=('self',))
-        for key in OPTIMIZER_BLOCKS:
-            walk.built(train.get(key), f'train.{key}', optimizer_class, skip=('self', 'params'))
-        walk.built(train.get('scheduler'), 'train.scheduler', scheduler_class, skip=('self', 'optimizer'))
+        for key, (lookup, skip) in BUILT_BLOCKS.items():
+            walk.built(train.get(key), f'train.{key}', lookup, skip)
     val = opt.get('val') if known_model else None
     metrics = val.get('metrics') if isinstance(val, dict) else None
     if isinstance(metrics, dict):
