@@ -26,20 +26,24 @@ setup(
         'basicsr>=1.4.2,<1.5',  # _compat.py patches private functions of basicsr 1.4.2 (the tested release)
         'torch>=2.1',
         'torchvision',
-        'mmengine',
         'lmdb',
-        'matplotlib>=3.7',  # compare's bar plots (also a dependency of mmengine)
+        'matplotlib>=3.7',  # compare's bar plots
         'numpy',
         'opencv-python',
         'Pillow',  # restore's completeness checks of image files (also a dependency of torchvision)
-        'open_clip_torch',
         'pyyaml',
         # metrics (PSNR/SSIM reference implementation) and the demo photos; pinned to the release the stored metric
         # values were checked with (tests/test_metrics/test_metric_values.py): its PSNR/SSIM move the reported numbers
         'scikit-image>=0.26,<0.27',
         'tqdm',
     ],
-    extras_require={'test': ['pytest'], 'dev': ['pytest', 'flake8', 'isort>=5', 'pre-commit']},
+    # optional dependencies (utils/extras.py names the extra when one is missing); the test suite needs them all
+    extras_require={
+        'se': ['open_clip_torch'],  # SE-SymUNet's frozen CLIP (archs/clip_tokens.py)
+        'complexity': ['mmengine'],  # MACs: utils/complexity.py (table, compare --macs, benchmarks/complexity.py)
+        'test': ['pytest', 'open_clip_torch', 'mmengine'],
+        'dev': ['pytest', 'open_clip_torch', 'mmengine', 'flake8', 'isort>=5', 'pre-commit'],
+    },
     entry_points={
         'console_scripts': [
             'allinone-train=allinone_basicsr.train:main',

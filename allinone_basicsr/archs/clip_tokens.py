@@ -38,6 +38,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from allinone_basicsr.utils.extras import require
+
 DEFAULT_CLIP_MODEL = 'ViT-L-14-quickgelu'
 DEFAULT_CLIP_FILE = 'pretrained/clip/ViT-L-14-quickgelu_openai.bin'
 RANDOM_INIT_SEED = 0
@@ -82,9 +84,14 @@ _HF_BUFFERS = ('embeddings.position_ids',)  # an arange that older transformers 
 _HF_TEXT = ('text_model.', 'text_projection.', 'logit_scale')  # the text half: never used by SE-SymUNet
 
 
+def _open_clip():
+    """open_clip (the ``[se]`` extra), imported on first use: SymUNet and the package do not need it."""
+    return require('open_clip', 'open_clip_torch', 'se', 'SESymUNet')
+
+
 def resolve_clip_model_name(name):
     """Map an official (Hugging Face) CLIP id to ``(open_clip model name, default tag)``; open_clip names pass."""
-    import open_clip
+    open_clip = _open_clip()
     name = name or DEFAULT_CLIP_MODEL
     if name in HF_TO_OPEN_CLIP:
         return HF_TO_OPEN_CLIP[name]
@@ -96,7 +103,7 @@ def resolve_clip_model_name(name):
 
 def clip_vision_config(model_name, overrides=None):
     """The open_clip vision config of ``model_name`` (a dict), with ``overrides`` applied."""
-    import open_clip
+    open_clip = _open_clip()
     cfg = open_clip.get_model_config(model_name)
     vision = dict(cfg['vision_cfg'])
     vision.update(overrides or {})
@@ -214,7 +221,7 @@ def resolve_clip_weights(model_name, pretrained):
     pretrained = os.path.expanduser(str(pretrained))
     if os.path.isfile(pretrained):
         return os.path.realpath(pretrained)
-    import open_clip
+    open_clip = _open_clip()
     if pretrained in open_clip.list_pretrained_tags_by_model(model_name):
         return pretrained
     raise FileNotFoundError(f'network_g.clip_pretrained: {pretrained!r} is neither an existing file nor an '
@@ -239,7 +246,7 @@ class CLIPTokenizer:
     """
 
     def __init__(self, model_name=DEFAULT_CLIP_MODEL, pretrained=None, vision_overrides=None, state=None):
-        import open_clip
+        open_clip = _open_clip()
 
         cfg = clip_vision_config(model_name, vision_overrides)
         self.model_name, self.pretrained = model_name, pretrained
@@ -279,6 +286,7 @@ class CLIPTokenizer:
         self.width = cfg['vision_cfg']['width']
 
     def _build(self):
+        _open_clip()
         from open_clip.model import CLIPVisionCfg, _build_vision_tower
         cfg = self._cfg
         return _build_vision_tower(cfg['embed_dim'], CLIPVisionCfg(**cfg['vision_cfg']), quick_gelu=cfg['quick_gelu'])

@@ -18,6 +18,7 @@ import sys
 import warnings
 from os import path as osp
 
+from allinone_basicsr.utils.extras import MissingExtraError
 from allinone_basicsr.utils.options import OptionFileError, load_options
 from allinone_basicsr.utils.smoke import without_pretrained
 
@@ -52,7 +53,7 @@ def run(main, prog, argv=None):
     try:
         with one_line_warnings(prog):
             code = main(argv)
-    except UsageError as err:
+    except (UsageError, MissingExtraError) as err:  # a missing optional dependency: its extra named, status 2
         print(f'{prog}: error: {err}', file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(int(code or 0))

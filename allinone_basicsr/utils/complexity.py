@@ -21,10 +21,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from allinone_basicsr.utils.extras import require
+
+
+def _mmengine_analysis():
+    """mmengine.analysis (the ``[complexity]`` extra), imported on first use."""
+    require('mmengine.analysis.jit_handles', 'mmengine', 'complexity', 'counting MACs (utils.complexity)')
+    return require('mmengine.analysis', 'mmengine', 'complexity', 'counting MACs (utils.complexity)')
+
 
 def sdpa_macs(inputs, outputs):
     """MACs of ``scaled_dot_product_attention(q, k, v)``: q·kᵀ plus weights·v."""
-    from mmengine.analysis.jit_handles import get_shape
+    get_shape = _mmengine_analysis().jit_handles.get_shape
     q, k, v = (get_shape(x) for x in inputs[:3])
     batch = 1
     for s in q[:-2]:
@@ -74,7 +82,7 @@ def attention_by_shape():
 def analyzer(net, size):
     """mmengine's FlopAnalyzer of ``net`` on one 1×3×size×size input, with the SDPA handle and the stand-in's;
     it traces on first use, so use it inside :func:`attention_by_shape`."""
-    from mmengine.analysis import FlopAnalyzer
+    FlopAnalyzer = _mmengine_analysis().FlopAnalyzer
     result = FlopAnalyzer(net.eval(), (torch.rand(1, 3, size, size),))
     result.set_op_handle('aten::scaled_dot_product_attention', sdpa_macs, STAND_IN, stand_in_macs)
     result.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
