@@ -16,7 +16,9 @@ Writes into ``--out``:
   (one group per test set plus the average, one colour per run, the value on each bar). The y-axis starts a bit
   below the smallest value, not at 0, so that differences of a tenth of a dB stay visible: read the ticks;
 - ``grid_<SET>_<IMAGE>.png`` for each ``--grid SET:IMAGE``: LQ | each method | GT, the same zoomed crop under
-  each, PSNR in the captions (needs the runs' outputs, saved with ``val.save_img: true``).
+  each, PSNR in the captions (needs the runs' outputs, saved with ``val.save_img: true``). SET is a test set's
+  ``name``, IMAGE the stem of a saved output without its ``_<suffix>`` (``val.suffix`` or the run's name), i.e. the
+  LQ file's stem or LMDB key (noise sets add ``_sigma<σ>``: ``coffee_000_sigma25``); a wrong one lists the names.
 
 The numbers are checked rather than trusted:
 
@@ -423,18 +425,48 @@ def compare(folders, metric='psnr', out='results/compare', macs_size=None, commo
     return methods, sets, table, sizes
 
 
+def _listed(names, few=5):
+    """``a, b, c, ... (N in all)``: the first ``few`` of ``names``."""
+    names = list(names)
+    return ', '.join(names[:few]) + (f', ... ({len(names)} in all)' if len(names) > few else '') if names else 'none'
+
+
+def saved_images(folder, opt):
+    """{test set: image names} of the outputs a run saved (``visualization/<set>/<image>_<suffix>.png``, the suffix
+    being ``val.suffix`` or the run's ``name``; the image name is the stem of the LQ file or LMDB key)."""
+    suffix = '_' + str(((opt or {}).get('val') or {}).get('suffix') or (opt or {}).get('name') or '')
+    found = {}
+    for path in sorted(glob.glob(osp.join(folder, 'visualization', '*', '*.png'))):
+        stem = osp.splitext(osp.basename(path))[0]
+        image = stem[:-len(suffix)] if len(suffix) > 1 and stem.endswith(suffix) else stem
+        found.setdefault(osp.basename(osp.dirname(path)), []).append(image)
+    return found
+
+
+def _available(folder, opt):
+    """What ``--grid SET:IMAGE`` can name in a run: its saved sets and a few image names of each."""
+    saved = saved_images(folder, opt)
+    sets = '; '.join(f'{name}: {_listed(images)}' for name, images in saved.items())
+    return (f'{folder} saved outputs for {sets}' if saved else
+            f'{folder} saved no outputs (test with val.save_img: true)')
+
+
 def _find_item(opt, test_set, image):
     """(lq, gt) HxWx3 float RGB of image ``image`` of the test set named ``test_set`` in a run's option file."""
     from allinone_basicsr.data.mixed_degradation_dataset import AllInOneTestDataset
+    names = []
     for key, dataset_opt in opt.get('datasets', {}).items():
+        names.append(str(dataset_opt.get('name')))
         if dataset_opt.get('name') == test_set:
             dataset = AllInOneTestDataset(dict(dataset_opt, phase=key))
+            stems = []
             for i in range(len(dataset)):
                 item = dataset[i]
-                if osp.splitext(osp.basename(item['lq_path']))[0] == image:
+                stems.append(osp.splitext(osp.basename(item['lq_path']))[0])
+                if stems[-1] == image:
                     return item['lq'].permute(1, 2, 0).numpy(), item['gt'].permute(1, 2, 0).numpy()
-            raise ValueError(f'--grid: no image {image!r} in test set {test_set!r}')
-    raise ValueError(f'--grid: no test set named {test_set!r} in the option file')
+            raise ValueError(f'--grid: no image {image!r} in test set {test_set!r}; its images: {_listed(stems)}')
+    raise ValueError(f'--grid: no test set named {test_set!r} in the option file; its test sets: {_listed(names)}')
 
 
 def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
@@ -451,11 +483,15 @@ def visual_grid(folders, test_set, image, out, crop=None, zoom=3):
         if opt is None:
             raise FileNotFoundError(f'{folder}: no option file (*.yml) to find the LQ and GT of --grid')
         if lq is None:
-            lq, gt = _find_item(opt, test_set, image)
+            try:
+                lq, gt = _find_item(opt, test_set, image)
+            except ValueError as err:
+                raise ValueError(f'{err}. {_available(folder, opt)}') from None
             panels.append(('input', lq))
         files = sorted(glob.glob(osp.join(folder, 'visualization', test_set, f'{image}_*.png')))
         if not files:
-            raise FileNotFoundError(f'{folder}: no saved output for {test_set}/{image} (test with val.save_img: true)')
+            raise FileNotFoundError(f'{folder}: no saved output for {test_set}/{image} (test with val.save_img: '
+                                    f'true). {_available(folder, opt)}')
         restored = cv2.imread(files[0])[..., ::-1].astype(np.float32) / 255.0
         panels.append((run_name(folder, opt), restored))
     panels.append(('ground truth', gt))
@@ -493,7 +529,9 @@ def main(argv=None):
     parser.add_argument('--format', nargs='+', default=[], choices=[f for f in PLOT_FORMATS if f != 'png'],
                         dest='formats', help='a vector copy of the bar plot besides the PNG')
     parser.add_argument('--grid', nargs='*', default=[], metavar='SET:IMAGE',
-                        help='visual comparison grids (needs outputs saved with val.save_img: true)')
+                        help='visual comparison grids (needs outputs saved with val.save_img: true); SET is a test '
+                             "set's name, IMAGE the stem of its LQ file or LMDB key (noise sets add _sigma<σ>, e.g. "
+                             'coffee_000_sigma25): the saved visualization/SET/IMAGE_<name>.png without _<name>')
     parser.add_argument('--crop', type=int, nargs=3, default=None, metavar=('Y', 'X', 'SIZE'),
                         help='the zoomed region of the grids (default: a square around the centre-left third)')
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ import cv2
 import pytest
 import yaml
 
-from allinone_basicsr.tools.compare import CompareWarning, main, plot_metric
+from allinone_basicsr.tools.compare import CompareWarning, cli, main, plot_metric
 from allinone_basicsr.utils.metric_table import metric_protocol
 from allinone_basicsr.utils.run_record import read_record, versions, write_record
 
@@ -69,7 +69,7 @@ def test_missing_metrics_and_unknown_metric_are_clear(tmp_path):
         main([str(tmp_path / 'run'), '--metric', 'lpips', '--out', str(tmp_path / 'o')])
 
 
-def test_visual_grid_lq_methods_gt(tmp_path):
+def test_visual_grid_lq_methods_gt(tmp_path, capsys):
     import numpy as np
     from make_demo_data import build_demo_data
 
@@ -101,6 +101,15 @@ def test_visual_grid_lq_methods_gt(tmp_path):
     assert np.array_equal(panel_a[inside], gt[inside])
     with pytest.raises(ValueError, match="no image 'nope'"):
         main(folders + ['--out', str(tmp_path / 'cmp'), '--grid', 'demo_rain:nope'])
+    # a wrong name: status 2, one line listing the sets and the image names there are
+    for spec, listed in (('demo_rain:nope', f"no image 'nope' in test set 'demo_rain'; its images: {image}"),
+                         ('rain:' + image, "no test set named 'rain' in the option file; its test sets: demo_rain")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(folders + ['--out', str(tmp_path / 'cmp'), '--grid', spec])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith('compare: error: --grid: ') and listed in err, err
+        assert f'{folders[0]} saved outputs for demo_rain: {image}' in err, err
 
 
 def test_plot_has_labelled_axes_ticks_values_legend_and_unclipped_names():
@@ -404,3 +413,10 @@ def test_a_set_with_an_inf_is_left_out_of_every_metric_average(tmp_path):
                                             r'inf'):
         main([str(tmp_path / 'run_a'), '--out', str(out), '--metric', 'ssim'])
     assert _csv_rows(out)['run_a']['averaged_sets'] == '1'
+
+
+def test_help_says_how_grid_names_are_formed(capsys):
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert "IMAGE the stem of its LQ file or LMDB key (noise sets add _sigma<σ>, e.g. coffee_000_sigma25)" in text
