@@ -138,8 +138,8 @@ def configure_determinism(opt):
 def _train(opt, args, root_path, notes=()):
     configure_determinism(opt)
     schedule = check_schedule(opt['train'])  # deviation: a schedule that would fail is refused before the first step
-    notices = []  # logged once the log file exists
-    resume_state = load_resume_state(opt, notices)
+    notes = list(notes) + schedule.notes  # logged once the log file exists
+    resume_state = load_resume_state(opt, notes)  # adds a skipped unreadable state to the notes
     if resume_state is None:
         make_exp_dirs(opt)
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
@@ -147,8 +147,8 @@ def _train(opt, args, root_path, notes=()):
     copy_opt_file(args.opt, opt['path']['experiments_root'])
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
-    for notice in notices:
-        logger.warning(notice)
+    for note in notes:  # numbers read as strings (2e-3); schedule misfits; a lock taken over; a skipped state
+        logger.warning(note)
     if resume_state:  # manual_seed: null: the seed the run drew at its start, before loaders and model are built
         seed_notice = resume_seed(opt, resume_state, getattr(args, 'seed_drawn', False))
         if seed_notice:
@@ -163,8 +163,6 @@ def _train(opt, args, root_path, notes=()):
                     f'on {device}.')
     if opt.get('deterministic'):
         logger.info('Deterministic: cuDNN autotuning off, deterministic algorithms on (an op without one warns).')
-    for note in list(notes) + schedule.notes:  # numbers read as strings (2e-3); schedule misfits; a lock taken over
-        logger.warning(note)
     if opt['rank'] == 0:
         for path in remove_temporaries(opt['path']['experiments_root']):
             logger.info(f'Removed {path}: the temporary file of a write a killed run never finished.')
